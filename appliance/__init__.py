@@ -1,0 +1,1 @@
+"""mdm-appliance: a self-hosted Apple MDM server in one trio process."""

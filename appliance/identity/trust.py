@@ -1,0 +1,70 @@
+"""Is a device certificate issued by a CA we trust, and valid now (give or take clock skew)?
+
+Sans-I/O. Device identities are issued directly by a trust anchor (our CA, or a CA named in
+`[identity] trusted_ca_files`; put intermediates there too). Not cryptography.x509.verification:
+its client policy insists on a SubjectAltName, which SCEP-issued device certificates lack.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+
+from appliance.identity.errors import UntrustedCertificate
+
+
+class TrustAnchors:
+    def __init__(self, ca_certs: Iterable[x509.Certificate], clock_skew: dt.timedelta) -> None:
+        self.clock_skew = clock_skew
+        self._by_subject: dict[x509.Name, list[x509.Certificate]] = {}
+        for ca in ca_certs:
+            if not _may_issue(ca):
+                raise ValueError(f"trust anchor {ca.subject.rfc4514_string()} is not a CA certificate")
+            self._by_subject.setdefault(ca.subject, []).append(ca)
+
+    def __len__(self) -> int:
+        return sum(len(cas) for cas in self._by_subject.values())
+
+    def check(self, cert: x509.Certificate, now: dt.datetime | None = None) -> None:
+        """Raise UntrustedCertificate unless `cert` is a non-CA certificate issued by an anchor
+        and inside its validity period widened by the clock skew on both ends."""
+        now = now or dt.datetime.now(dt.timezone.utc)
+        try:
+            is_ca = _is_ca(cert)
+        except ValueError:  # duplicate or undecodable extensions
+            raise UntrustedCertificate("certificate extensions cannot be parsed") from None
+        if is_ca:
+            raise UntrustedCertificate("a CA certificate is not a device identity")
+        if now + self.clock_skew < cert.not_valid_before_utc:
+            raise UntrustedCertificate("certificate is not yet valid")
+        if now - self.clock_skew > cert.not_valid_after_utc:
+            raise UntrustedCertificate("certificate has expired")
+
+        candidates = self._by_subject.get(cert.issuer, [])
+        if not candidates:
+            raise UntrustedCertificate("certificate is not issued by a trusted CA")
+        for ca in candidates:  # several when a CA was renewed under the same name
+            try:
+                cert.verify_directly_issued_by(ca)
+                return
+            except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
+                continue
+        raise UntrustedCertificate("certificate signature does not verify with the trusted CA")
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        return False
+
+
+def _may_issue(cert: x509.Certificate) -> bool:
+    # Old v1 roots carry no extensions at all; accept those, refuse explicit end-entity certs.
+    try:
+        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        return True

@@ -1,0 +1,24 @@
+"""The `mdm-appliance` command: a thin click shell over the package. Commands that act on a running
+server talk to its admin API (URL and key from the config, so they work on the box with no flags);
+commands that prepare state (push certificates, profiles) work on data_dir directly."""
+
+from __future__ import annotations
+
+import click
+
+from appliance import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="mdm-appliance")
+def main() -> None:
+    """A self-hosted Apple MDM server in one process.
+
+    \b
+    Start it:        mdm-appliance serve --config /etc/mdm-appliance/appliance.toml
+    Check a config:  mdm-appliance check-config --config appliance.toml
+    """
+
+
+# Each module adds its commands to `main` when imported.
+from appliance.cli import serve as _serve  # noqa: E402,F401

@@ -1,0 +1,127 @@
+"""First start on an empty data_dir, and every start after: the folder, the appliance CA, the server's TLS
+certificate (when none is configured) and the admin API key. Each file is written atomically and checked
+on the next start, so a first start killed midway recovers cleanly.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from appliance.config import Config
+from appliance.files import ensure_private_dir, write_atomic
+from appliance.identity.ca import ApplianceCA, key_pem
+from appliance.logs import get_logger
+
+log = get_logger("bootstrap")
+
+DB_FILE = "appliance.db"
+API_KEY_FILE = "api.key"
+SERVER_KEY_FILE = "server.key"
+SERVER_CERT_FILE = "server.crt"
+LOCAL_NAMES = ["localhost", "127.0.0.1", "::1"]
+RENEW_BEFORE = timedelta(days=30)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    ca: ApplianceCA
+    db_path: Path
+    tls_cert: Path | None
+    tls_key: Path | None
+    server_cert_from_ca: bool  # the TLS certificate is issued by our CA (so profiles must carry the CA)
+    api_key: str
+
+
+def prepare_data_dir(config: Config) -> Prepared:
+    data_dir = config.data_dir
+    ensure_private_dir(data_dir)
+    ca = ApplianceCA.load_or_create(data_dir, config.server.organization)
+    tls_cert, tls_key, from_ca = config.server.tls_cert, config.server.tls_key, False
+    if config.server.tls and tls_cert is None:
+        names = list(dict.fromkeys([config.server.public_host, *LOCAL_NAMES]))
+        tls_cert, tls_key = _server_certificate(ca, data_dir, names)
+        from_ca = True
+    return Prepared(
+        ca=ca,
+        db_path=data_dir / DB_FILE,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        server_cert_from_ca=from_ca,
+        api_key=_api_key(config, data_dir),
+    )
+
+
+def _server_certificate(ca: ApplianceCA, data_dir: Path, names: list[str]) -> tuple[Path, Path]:
+    cert_path, key_path = data_dir / SERVER_CERT_FILE, data_dir / SERVER_KEY_FILE
+    if not _server_certificate_usable(ca, cert_path, key_path, names):
+        key, certificate = ca.issue_server_certificate(names)
+        write_atomic(key_path, key_pem(key), 0o600)
+        # The chain: leaf first, then our CA, so clients that trust the CA can build the path.
+        chain = certificate.public_bytes(serialization.Encoding.PEM) + ca.certificate_pem
+        write_atomic(cert_path, chain, 0o644)
+        log.info("server_certificate_issued", path=cert_path, names=",".join(names))
+    return cert_path, key_path
+
+
+def _server_certificate_usable(ca: ApplianceCA, cert_path: Path, key_path: Path, names: list[str]) -> bool:
+    try:
+        certificate = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    except (OSError, ValueError):
+        return False
+    if certificate.public_key().public_numbers() != key.public_key().public_numbers():
+        return False
+    if certificate.issuer != ca.certificate.subject:
+        return False
+    try:
+        certificate.verify_directly_issued_by(ca.certificate)
+    except (ValueError, TypeError, Exception):
+        return False
+    if certificate.not_valid_after_utc - RENEW_BEFORE < datetime.now(UTC):
+        return False
+    try:
+        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    present = {str(v) for v in san.get_values_for_type(x509.DNSName)}
+    present |= {str(v) for v in san.get_values_for_type(x509.IPAddress)}
+    wanted = set()
+    for name in names:
+        try:
+            wanted.add(str(ipaddress.ip_address(name)))
+        except ValueError:
+            wanted.add(name)
+    return wanted <= present
+
+
+def _api_key(config: Config, data_dir: Path) -> str:
+    if config.api.key:
+        return config.api.key
+    path = data_dir / API_KEY_FILE
+    try:
+        key = path.read_text().strip()
+    except FileNotFoundError:
+        key = ""
+    if len(key) < 16:
+        key = secrets.token_urlsafe(32)
+        write_atomic(path, (key + "\n").encode(), 0o600)
+        # The path, never the key itself.
+        log.info("api_key_created", path=path)
+    return key
+
+
+def read_api_key(config: Config) -> str | None:
+    """For the CLI: the configured key, or the one the server generated in data_dir."""
+    if config.api.key:
+        return config.api.key
+    try:
+        return (config.data_dir / API_KEY_FILE).read_text().strip() or None
+    except OSError:
+        return None

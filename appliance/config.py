@@ -1,0 +1,307 @@
+"""The appliance's one TOML file, validated with pydantic so that every mistake is reported at once.
+
+Relative paths inside the file resolve against the file's folder. Durations accept seconds or
+"30s"/"15m"/"24h"/"3d"; sizes accept bytes or "512KiB"/"32MiB".
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+DEFAULT_CONFIG_PATH = Path("/etc/mdm-appliance/appliance.toml")
+CONFIG_ENV = "MDM_APPLIANCE_CONFIG"
+
+# Dotted key paths whose values never leave the process (check-config redacts them).
+SECRET_KEYS = {"api.key", "enrollment.scep_challenge", "enrollment.secret", "webhook.hmac_key"}
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_SIZES = {"": 1, "b": 1, "kib": 1024, "kb": 1000, "mib": 1024**2, "mb": 1000**2, "gib": 1024**3, "gb": 1000**3}
+
+
+def _duration(value: object) -> object:
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", value)
+        if not match:
+            raise ValueError("expected a duration like 30, \"30s\", \"15m\", \"24h\" or \"3d\"")
+        return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+    return value
+
+
+def _size(value: object) -> object:
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", value)
+        if not match or match.group(2).lower() not in _SIZES:
+            raise ValueError("expected a size like 1048576, \"512KiB\" or \"32MiB\"")
+        return int(match.group(1)) * _SIZES[match.group(2).lower()]
+    return value
+
+
+def _resolve_path(value: object, info: ValidationInfo) -> object:
+    if isinstance(value, str) and value:
+        path = Path(value).expanduser()
+        base = (info.context or {}).get("base_dir")
+        if not path.is_absolute() and base is not None:
+            path = Path(base) / path
+        return path
+    return value
+
+
+def _must_exist(path: Path | None) -> Path | None:
+    if path is not None and not path.is_file():
+        raise ValueError(f"file not found: {path}")
+    return path
+
+
+def _listen(value: str) -> str:
+    parse_listen(value)
+    return value
+
+
+Seconds = Annotated[float, BeforeValidator(_duration), Field(gt=0)]
+Bytes = Annotated[int, BeforeValidator(_size), Field(gt=0)]
+ExistingFile = Annotated[Path, BeforeValidator(_resolve_path), AfterValidator(_must_exist)]
+AnyPath = Annotated[Path, BeforeValidator(_resolve_path)]
+Listen = Annotated[str, AfterValidator(_listen)]
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """'0.0.0.0:8443' / '[::1]:8443' / 'localhost:8443' -> (host, port)."""
+    match = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d+)|([^\[\]:\s]+):(\d+)", value.strip())
+    if not match:
+        raise ValueError("expected host:port, e.g. \"0.0.0.0:8443\" or \"[::]:8443\"")
+    host = match.group(1) or match.group(3)
+    port = int(match.group(2) or match.group(4))
+    if match.group(1):
+        ipaddress.IPv6Address(host)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} is out of range 0-65535")
+    return host, port
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(Section):
+    listen: Listen = "0.0.0.0:8443"
+    tls: bool = True  # declared before public_url so its validator can see it
+    public_url: str = Field(description="The https URL devices use to reach this appliance.")
+    tls_cert: ExistingFile | None = None
+    tls_key: ExistingFile | None = None
+    max_body_size: Bytes = 32 * 1024 * 1024
+    shutdown_grace: Seconds = 10.0
+    organization: str = "mdm-appliance"
+
+    @field_validator("public_url")
+    @classmethod
+    def _url(cls, value: str, info: ValidationInfo) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("expected an absolute URL like \"https://mdm.example.org:8443\"")
+        if parts.query or parts.fragment:
+            raise ValueError("must not have a query or fragment")
+        if info.data.get("tls", True) and parts.scheme != "https":
+            raise ValueError("must be https:// when tls is on (devices only talk TLS)")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ServerConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: set both, or neither to use a generated certificate")
+        return self
+
+    @property
+    def public_host(self) -> str:
+        return urlsplit(self.public_url).hostname or "localhost"
+
+
+class StorageConfig(Section):
+    data_dir: AnyPath = Path("/var/lib/mdm-appliance")
+    synchronous: Literal["FULL", "NORMAL"] = "FULL"
+
+
+class ApiConfig(Section):
+    key: str | None = Field(default=None, min_length=16)
+    listen: Listen | None = None
+
+
+class ApnsConfig(Section):
+    url: str = "https://api.push.apple.com"
+    ca_file: ExistingFile | None = None
+    expiration: Seconds = 3 * 86400
+    timeout: Seconds = 15.0
+    max_streams: int = Field(default=100, ge=1, le=1000)
+    repush_interval: Seconds = 86400.0
+
+    @field_validator("url")
+    @classmethod
+    def _https(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme != "https" or not parts.hostname:
+            raise ValueError("expected an https URL like \"https://api.push.apple.com\"")
+        return value.rstrip("/")
+
+
+class IdentityConfig(Section):
+    trusted_ca_files: list[ExistingFile] = []
+    cert_header: str | None = None
+    trusted_proxies: list[str] = []
+    clock_skew: Seconds = 300.0
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or CIDR network") from None
+        return value
+
+
+class CheckinConfig(Section):
+    user_authenticate: Literal["decline", "accept"] = "decline"
+
+
+class EnrollmentConfig(Section):
+    scep_challenge: str | None = None
+    secret: str | None = None
+    identity: Literal["scep", "pkcs12"] = "scep"
+    one_time_challenge: bool = False
+    certificate_validity_days: int = Field(default=365, ge=1, le=3650)
+    challenge_ttl: Seconds = 3600.0
+    sign_profile: bool = False
+    profile_identifier: str = "org.mdm-appliance.enroll"
+
+
+class WebhookConfig(Section):
+    url: str | None = None
+    hmac_key: str | None = None
+    timeout: Seconds = 10.0
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError("expected an http(s) URL")
+        return value
+
+
+class LoggingConfig(Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Config(Section):
+    server: ServerConfig
+    storage: StorageConfig = StorageConfig()
+    api: ApiConfig = ApiConfig()
+    apns: ApnsConfig = ApnsConfig()
+    identity: IdentityConfig = IdentityConfig()
+    checkin: CheckinConfig = CheckinConfig()
+    enrollment: EnrollmentConfig = EnrollmentConfig()
+    webhook: WebhookConfig = WebhookConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    # Where the file was read from (not a TOML key).
+    source: Path | None = Field(default=None, exclude=True)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.storage.data_dir
+
+
+class ConfigError(Exception):
+    """Every problem found in a config file, each as 'key.path: what is expected'."""
+
+    def __init__(self, path: Path | None, problems: list[str]) -> None:
+        self.path = path
+        self.problems = problems
+        where = f"{path}: " if path else ""
+        super().__init__(where + "; ".join(problems))
+
+
+def default_config_path() -> Path:
+    return Path(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
+
+
+def _describe(error: dict) -> str:
+    loc = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"{loc}: unknown key"
+    if kind == "missing":
+        return f"{loc}: required key is missing"
+    message = error["msg"]
+    for prefix in ("Value error, ", "Assertion failed, "):
+        message = message.removeprefix(prefix)
+    if "input" in error and kind not in ("model_type",) and not isinstance(error["input"], dict):
+        return f"{loc}: {message} (got {error['input']!r})"
+    return f"{loc}: {message}"
+
+
+def parse_config(data: dict, base_dir: Path | None = None, source: Path | None = None) -> Config:
+    try:
+        config = Config.model_validate(data, context={"base_dir": base_dir})
+    except ValidationError as exc:
+        raise ConfigError(source, [_describe(e) for e in exc.errors()]) from None
+    return config.model_copy(update={"source": source})
+
+
+def load_config(path: Path | str | None = None) -> Config:
+    path = Path(path) if path is not None else default_config_path()
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(path, [f"cannot read the config file: {exc.strerror or exc}"]) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, [f"not valid TOML: {exc}"]) from None
+    return parse_config(data, base_dir=path.resolve().parent, source=path)
+
+
+def redacted_toml(config: Config) -> str:
+    """The effective config as TOML, secrets replaced by "(redacted)"."""
+    lines: list[str] = []
+    for section, model in config:
+        if not isinstance(model, BaseModel):
+            continue
+        lines.append(f"[{section}]")
+        for key, value in model.model_dump().items():
+            if value is None:
+                lines.append(f"# {key} = (not set)")
+                continue
+            if f"{section}.{key}" in SECRET_KEYS:
+                value = "(redacted)"
+            lines.append(f"{key} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'

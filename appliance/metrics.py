@@ -1,0 +1,23 @@
+"""Prometheus metrics, in a registry of their own per running appliance (tests run several servers in one
+process; the global default registry would mix them). Each area adds its metrics here."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.http_requests = Counter(
+            "mdm_http_requests_total", "HTTP requests by endpoint and status.", ["endpoint", "status"], registry=r
+        )
+        self.http_duration = Histogram(
+            "mdm_http_request_duration_seconds", "HTTP request duration by endpoint.", ["endpoint"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=r,
+        )
+        self.up_since = Gauge("mdm_start_time_seconds", "When this process started (UNIX time).", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,37 @@
+"""The running appliance's shared parts, handed to every task and to the web app."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from appliance.config import Config
+from appliance.identity.ca import ApplianceCA
+from appliance.metrics import Metrics
+from appliance.store.db import Store
+
+# A health contributor: returns (name, details, severity) where severity is "ok", "warning" or "error".
+HealthCheck = Callable[[], Awaitable[tuple[str, dict, str]]]
+
+
+@dataclass
+class Runtime:
+    config: Config
+    store: Store
+    ca: ApplianceCA
+    metrics: Metrics
+    api_key: str
+    server_cert_from_ca: bool
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    started_at: float = field(default_factory=time.time)
+    # Filled by parts as they start (see supervisor.serve).
+    push: Any = None
+    webhooks: Any = None
+    trust: Any = None
+    health_checks: list[HealthCheck] = field(default_factory=list)
+    # Short phrases for systemd's STATUS= line, e.g. "push cert com.apple.mgmt.X expires in 200 days".
+    status_phrases: list[Callable[[], Awaitable[str | None]]] = field(default_factory=list)

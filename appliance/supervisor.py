@@ -1,0 +1,168 @@
+"""The root nursery: every long-lived part of the appliance, started in order, read top to bottom.
+
+Each part is `async def run_x(..., *, task_status)` started with `nursery.start`, so the process reports
+READY=1 only when the database is open and migrated, the push client has its certificate (or has said it
+has none), the workers run and the listeners are bound. A part that crashes takes the process down with
+its cause logged; systemd restarts it. SIGTERM/SIGINT: stop accepting, let in-flight requests finish
+within [server] shutdown_grace, stop the workers, close the database, exit 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from dataclasses import dataclass
+
+from functools import partial
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+
+from appliance.bootstrap import Prepared, prepare_data_dir
+from appliance.config import Config, parse_listen
+from appliance.logs import get_logger
+from appliance.metrics import Metrics
+from appliance.runtime import Runtime
+from appliance.store.db import run_store
+from appliance.store.stats import enrollment_counts
+from appliance.systemd import Notifier, run_watchdog, watchdog_interval
+from appliance.web.app import ALL_ROLES, create_app
+
+log = get_logger("supervisor")
+
+STATUS_REFRESH_SECONDS = 60
+
+
+@dataclass
+class Serving:
+    """What serve() reports once ready: where it listens and its Runtime (tests read both)."""
+
+    binds: list[str]
+    api_binds: list[str]
+    runtime: Runtime
+    stop: trio.Event
+
+
+async def serve(config: Config, *, notifier: Notifier | None = None, handle_signals: bool = True,
+                task_status=trio.TASK_STATUS_IGNORED) -> None:
+    notifier = notifier or Notifier()
+    os.umask(0o077)  # everything we create in data_dir (database, keys) is the service user's alone
+    prepared = prepare_data_dir(config)
+    stop = trio.Event()
+    async with trio.open_nursery() as root:
+        store = await root.start(run_store, prepared.db_path, config.storage.synchronous)
+        runtime = _runtime(config, prepared, store)
+        async with trio.open_nursery() as workers:
+            if handle_signals:
+                workers.start_soon(_wait_for_signal, stop)
+            # The push client and the background workers start here, before the listeners.
+            interval = watchdog_interval()
+            if interval is not None:
+                await workers.start(run_watchdog, notifier, interval)
+            async with trio.open_nursery() as listeners:
+                binds, api_binds = await _start_listeners(listeners, runtime, stop)
+                await workers.start(_run_status_line, runtime, notifier)
+                await notifier.notify("READY=1")
+                log.info("ready", listen=",".join(binds), api_listen=",".join(api_binds) or None)
+                task_status.started(Serving(binds, api_binds, runtime, stop))
+                await stop.wait()
+                await notifier.notify("STOPPING=1")
+                log.info("stopping", grace_seconds=config.server.shutdown_grace)
+            # Listeners return once their in-flight requests are answered (or the grace period ran
+            # out); only then do the workers stop, and last the store closes (run_store's finally).
+            workers.cancel_scope.cancel()
+        root.cancel_scope.cancel()
+    log.info("stopped")
+
+
+def _runtime(config: Config, prepared: Prepared, store) -> Runtime:
+    metrics = Metrics()
+    metrics.up_since.set_to_current_time()
+    runtime = Runtime(
+        config=config,
+        store=store,
+        ca=prepared.ca,
+        metrics=metrics,
+        api_key=prepared.api_key,
+        server_cert_from_ca=prepared.server_cert_from_ca,
+        tls_cert=prepared.tls_cert,
+        tls_key=prepared.tls_key,
+    )
+    runtime.health_checks.append(partial(devices_health, runtime))
+    runtime.status_phrases.append(partial(devices_phrase, runtime))
+    return runtime
+
+
+async def devices_health(runtime: Runtime) -> tuple[str, dict, str]:
+    return "devices", await runtime.store.read(enrollment_counts), "ok"
+
+
+async def devices_phrase(runtime: Runtime) -> str:
+    counts = await runtime.store.read(enrollment_counts)
+    return f"{counts['active']} devices enrolled"
+
+
+async def _start_listeners(nursery, runtime: Runtime, stop: trio.Event) -> tuple[list[str], list[str]]:
+    config = runtime.config
+    if config.api.listen:
+        binds = await nursery.start(run_http, runtime, config.server.listen, ALL_ROLES - {"api"}, stop)
+        api_binds = await nursery.start(run_http, runtime, config.api.listen, ALL_ROLES - {"device"}, stop)
+        return binds, api_binds
+    return await nursery.start(run_http, runtime, config.server.listen, ALL_ROLES, stop), []
+
+
+def hypercorn_config(runtime: Runtime, listen: str) -> HypercornConfig:
+    config = runtime.config
+    host, port = parse_listen(listen)
+    hc = HypercornConfig()
+    hc.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    hc.accesslog = None  # we write our own request line (appliance.web.app)
+    hc.errorlog = logging.getLogger("hypercorn.error")  # our format, warnings and up (see logs.py)
+    hc.graceful_timeout = config.server.shutdown_grace
+    hc.include_server_header = False
+    # 1000 by default, and it also closes HTTP/2 connections with GOAWAY mid-stream (STACK.md).
+    hc.keep_alive_max_requests = 1_000_000
+    hc.keep_alive_timeout = 75
+    # Integrators enqueue to thousands of ids in one request line; SCEP clients send ~7 KB URLs.
+    hc.h11_max_incomplete_size = 1024 * 1024
+    if config.server.tls:
+        hc.certfile = str(runtime.tls_cert)
+        hc.keyfile = str(runtime.tls_key)
+        hc.ciphers = "ECDHE+AESGCM:ECDHE+CHACHA20:ECDHE+AES"
+    return hc
+
+
+async def run_http(runtime: Runtime, listen: str, roles: frozenset[str], stop: trio.Event, *,
+                   task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """One hypercorn listener serving the quart-trio app; returns after a graceful stop."""
+    app = create_app(runtime, roles)
+    await hypercorn_serve(app, hypercorn_config(runtime, listen), shutdown_trigger=stop.wait, task_status=task_status)
+
+
+async def _wait_for_signal(stop: trio.Event) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            if not stop.is_set():
+                log.info("signal_received", signal=signal.Signals(signum).name)
+                stop.set()
+            else:
+                # A second signal: the operator does not want to wait for the grace period.
+                raise KeyboardInterrupt
+
+
+async def status_line(runtime: Runtime) -> str:
+    phrases = []
+    for phrase in runtime.status_phrases:
+        text = await phrase()
+        if text:
+            phrases.append(text)
+    return "; ".join(phrases) or "running"
+
+
+async def _run_status_line(runtime: Runtime, notifier: Notifier, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    task_status.started()
+    while True:
+        await notifier.notify(f"STATUS={await status_line(runtime)}")
+        await trio.sleep(STATUS_REFRESH_SECONDS)

@@ -1,0 +1,36 @@
+"""The one HTTP error format: JSON {"error": {"code", "message"}} for the admin API, a short plain-text
+reason for everything a device or a browser talks to."""
+
+from __future__ import annotations
+
+import json
+
+from quart import Response
+from werkzeug.exceptions import HTTPException
+
+
+class ApiError(HTTPException):
+    """Raise from a /v1 handler: answered as JSON with a stable code."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(description=message)
+        self.code = status
+        self.error_code = code
+        self.message = message
+
+    def get_response(self, environ=None, scope=None) -> Response:  # noqa: ARG002
+        return api_error(self.code, self.error_code, self.message)
+
+
+def api_error(status: int, code: str, message: str) -> Response:
+    body = json.dumps({"error": {"code": code, "message": message}})
+    return Response(body, status=status, content_type="application/json")
+
+
+def text_error(status: int, reason: str) -> Response:
+    return Response(reason + "\n", status=status, content_type="text/plain; charset=utf-8")
+
+
+def slug(exc: HTTPException) -> str:
+    """A stable machine code for werkzeug's standard errors: 'Not Found' -> 'not_found'."""
+    return (exc.name or "error").lower().replace(" ", "_").replace("'", "")

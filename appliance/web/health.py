@@ -1,0 +1,35 @@
+"""GET /healthz: a small JSON status, 200 once the appliance is ready (it only listens once it is).
+
+Each part contributes through runtime.health_checks; the worst severity becomes the top-level status.
+A warning or an error (an expiring push certificate, say) still answers 200: the process is up and a
+load balancer must not take it away for that; monitoring reads "status".
+"""
+
+from __future__ import annotations
+
+import time
+
+from quart import Blueprint, jsonify
+
+from appliance import __version__
+from appliance.web.app import runtime
+
+blueprint = Blueprint("health", __name__)
+_RANK = {"ok": 0, "warning": 1, "error": 2}
+
+
+@blueprint.get("/healthz")
+async def healthz():
+    rt = runtime()
+    checks, worst = {}, "ok"
+    for check in rt.health_checks:
+        name, details, severity = await check()
+        checks[name] = {"status": severity, **details}
+        if _RANK[severity] > _RANK[worst]:
+            worst = severity
+    return jsonify({
+        "status": worst,
+        "version": __version__,
+        "uptime_seconds": round(time.time() - rt.started_at, 1),
+        "checks": checks,
+    })

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from appliance.identity.cms import verify_detached_signature
 from appliance.identity.errors import IdentityError, SignatureInvalid, SignatureMalformed
-from identity_pki import builder_sign, issue, make_ca, openssl_sign
+from tests.identity_pki import builder_sign, issue, make_ca, openssl_sign
 
 BODY = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n<plist version="1.0"><dict>'

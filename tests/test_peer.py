@@ -7,7 +7,7 @@ import pytest
 
 from appliance.identity.errors import CertificateHeaderMalformed, IdentityError
 from appliance.identity.peer import is_trusted_proxy, parse_client_cert_header
-from identity_pki import issue, make_ca
+from tests.identity_pki import issue, make_ca
 
 
 @pytest.fixture(scope="module")

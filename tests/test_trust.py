@@ -6,7 +6,7 @@ import pytest
 
 from appliance.identity.errors import UntrustedCertificate
 from appliance.identity.trust import TrustAnchors
-from identity_pki import NOW, issue, make_ca
+from tests.identity_pki import NOW, issue, make_ca
 
 SKEW = dt.timedelta(minutes=5)
 

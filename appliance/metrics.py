@@ -17,6 +17,14 @@ class Metrics:
             "mdm_http_request_duration_seconds", "HTTP request duration by endpoint.", ["endpoint"],
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=r,
         )
+        self.scep_issued = Counter(
+            "mdm_scep_certificates_issued_total", "Device identity certificates issued by the SCEP CA.",
+            ["message_type"], registry=r,
+        )
+        self.scep_requests = Counter(
+            "mdm_scep_requests_total", "SCEP PKIOperation requests by message type and outcome.",
+            ["message_type", "outcome"], registry=r,
+        )
         self.up_since = Gauge("mdm_start_time_seconds", "When this process started (UNIX time).", registry=r)
 
     def render(self) -> bytes:

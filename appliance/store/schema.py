@@ -14,6 +14,7 @@ import sqlite3
 # Module paths of the components, in the order their migrations run.
 COMPONENTS = [
     "appliance.store.core_schema",
+    "appliance.store.scep_schema",
 ]
 
 

@@ -19,6 +19,9 @@ log = get_logger("http")
 # "api" = the admin API under /v1, "common" = health and metrics, served on every listener.
 BLUEPRINTS = [
     ("appliance.web.health", "common"),
+    ("appliance.web.scep", "device"),
+    ("appliance.web.enroll", "device"),
+    ("appliance.web.challenges", "api"),
 ]
 
 ALL_ROLES = frozenset({"device", "api", "common"})

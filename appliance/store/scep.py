@@ -1,0 +1,81 @@
+"""Queries for the SCEP CA: issued certificates by transaction, one-time challenges.
+
+Every function takes the connection first, to run inside `Store.read` / `Store.write`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime
+
+from appliance.store.timefmt import to_text
+
+
+@dataclass(frozen=True)
+class IssuedCertificate:
+    serial: str
+    subject: str
+    not_after: str
+    transaction_id: str
+    message_type: int
+    csr_sha256: bytes
+    certificate: bytes
+    issued_at: str
+
+
+def challenge_hash(challenge: str) -> bytes:
+    return hashlib.sha256(challenge.encode("utf-8")).digest()
+
+
+def by_transaction(conn: sqlite3.Connection, transaction_id: str) -> IssuedCertificate | None:
+    row = conn.execute("SELECT * FROM scep_certificates WHERE transaction_id = ?",
+                       (transaction_id,)).fetchone()
+    return IssuedCertificate(**dict(row)) if row else None
+
+
+def by_serial(conn: sqlite3.Connection, serial: str) -> IssuedCertificate | None:
+    row = conn.execute("SELECT * FROM scep_certificates WHERE serial = ?", (serial,)).fetchone()
+    return IssuedCertificate(**dict(row)) if row else None
+
+
+def record_issued(conn: sqlite3.Connection, issued: IssuedCertificate) -> IssuedCertificate:
+    """Insert, unless the transaction is already recorded; return what is recorded for it.
+
+    Two copies of one request racing each other both issue, but only the first is kept and
+    both answer with it.
+    """
+    conn.execute(
+        "INSERT INTO scep_certificates (serial, subject, not_after, transaction_id, message_type,"
+        " csr_sha256, certificate, issued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (transaction_id) DO NOTHING",
+        (issued.serial, issued.subject, issued.not_after, issued.transaction_id, issued.message_type,
+         issued.csr_sha256, issued.certificate, issued.issued_at),
+    )
+    recorded = by_transaction(conn, issued.transaction_id)
+    assert recorded is not None
+    return recorded
+
+
+def count_issued(conn: sqlite3.Connection) -> int:
+    return conn.execute("SELECT count(*) FROM scep_certificates").fetchone()[0]
+
+
+def add_challenge(conn: sqlite3.Connection, challenge: str, created: datetime, expires: datetime) -> None:
+    # Expired challenges are useless: drop them whenever a new one is minted.
+    conn.execute("DELETE FROM scep_challenges WHERE expires_at < ?", (to_text(created),))
+    conn.execute(
+        "INSERT INTO scep_challenges (challenge_sha256, created_at, expires_at) VALUES (?, ?, ?)",
+        (challenge_hash(challenge), to_text(created), to_text(expires)),
+    )
+
+
+def spend_challenge(conn: sqlite3.Connection, challenge: str, now: datetime, transaction_id: str) -> bool:
+    """Mark a one-time challenge used; False if unknown, expired or already used."""
+    row = conn.execute(
+        "UPDATE scep_challenges SET used_at = ?, used_by = ?"
+        " WHERE challenge_sha256 = ? AND used_at IS NULL AND expires_at > ? RETURNING 1",
+        (to_text(now), transaction_id, challenge_hash(challenge), to_text(now)),
+    ).fetchall()
+    return bool(row)

@@ -1,0 +1,91 @@
+"""Webhook events in the JSON shape MicroMDM introduced and NanoMDM keeps ("microwebhook"), so receivers
+written for either work unchanged.
+
+Envelope: {"topic", "event_id", "created_at", and one of "checkin_event" / "acknowledge_event"}.
+Topics are "mdm." + the check-in MessageType (mdm.Authenticate, mdm.TokenUpdate, mdm.CheckOut, ...) and
+"mdm.Connect" for every report on the command endpoint (Idle included). raw_payload is the device's
+plist, base64 (Go's encoding of []byte). NanoMDM additions: "ids" (id, parent_id, type of the resolved
+enrollment) and "token_update_tally" on TokenUpdate.
+
+Sans-I/O: builds bytes, never sends them. The body is built once and stored in the outbox, so every
+retry carries the same event_id and bytes (receivers can de-duplicate on event_id; the HMAC is stable).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from datetime import UTC, datetime
+
+CONNECT_TOPIC = "mdm.Connect"
+
+
+def _created_at() -> str:
+    # RFC 3339 in UTC, as Go's time.Time marshals (with sub-second digits).
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _envelope(topic: str, kind: str, event: dict) -> bytes:
+    document = {
+        "topic": topic,
+        "event_id": str(uuid.uuid4()),
+        "created_at": _created_at(),
+        kind: event,
+    }
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _identity(udid: str, enrollment_id: str, ids: dict | None) -> dict:
+    # Like the Go structs with omitempty: an empty UDID (User Enrollment) or EnrollmentID is left out.
+    fields: dict = {}
+    if udid:
+        fields["udid"] = udid
+    if enrollment_id:
+        fields["enrollment_id"] = enrollment_id
+    if ids:
+        fields["ids"] = {key: value for key, value in ids.items() if value is not None}
+    return fields
+
+
+def _raw(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")
+
+
+def checkin_topic(message_type: str) -> str:
+    if not message_type or not message_type.isascii() or not message_type.isalnum():
+        raise ValueError(f"not a check-in MessageType: {message_type!r}")
+    return f"mdm.{message_type}"
+
+
+def checkin_event(*, message_type: str, udid: str, enrollment_id: str, raw: bytes,
+                  url_params: dict | None, ids: dict, token_update_tally: int | None) -> tuple[str, bytes]:
+    """A check-in message (Authenticate, TokenUpdate, CheckOut, UserAuthenticate, SetBootstrapToken,
+    GetBootstrapToken, DeclarativeManagement, GetToken, ...) -> (topic, JSON body).
+
+    udid: the message's UDID field ("" for User Enrollment); enrollment_id: its EnrollmentID field ("" for
+    device enrollments); ids: NanoMDM's resolved {"id", "parent_id", "type"}; token_update_tally only
+    for TokenUpdate (how many TokenUpdates this enrollment has sent, 1 = first = newly enrolled).
+    """
+    topic = checkin_topic(message_type)
+    event = _identity(udid, enrollment_id, ids)
+    # MicroMDM always sent url_params on check-in events (null when there were none).
+    event["url_params"] = dict(url_params) if url_params else None
+    event["raw_payload"] = _raw(raw)
+    if token_update_tally is not None:
+        event["token_update_tally"] = int(token_update_tally)
+    return topic, _envelope(topic, "checkin_event", event)
+
+
+def acknowledge_event(*, udid: str, enrollment_id: str, status: str, command_uuid: str | None, raw: bytes,
+                      url_params: dict | None, ids: dict) -> tuple[str, bytes]:
+    """A report on the command endpoint (Status Idle, Acknowledged, Error, CommandFormatError, NotNow)
+    -> ("mdm.Connect", JSON body). command_uuid is None for Idle."""
+    event = _identity(udid, enrollment_id, ids)
+    event["status"] = status
+    if command_uuid:
+        event["command_uuid"] = command_uuid
+    if url_params:
+        event["url_params"] = dict(url_params)
+    event["raw_payload"] = _raw(raw)
+    return CONNECT_TOPIC, _envelope(CONNECT_TOPIC, "acknowledge_event", event)

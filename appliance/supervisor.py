@@ -25,6 +25,7 @@ from appliance.config import Config, parse_listen
 from appliance.logs import get_logger
 from appliance.metrics import Metrics
 from appliance.runtime import Runtime
+from appliance.service.enrollment import warn_on_changed_urls
 from appliance.store.db import run_store
 from appliance.store.stats import enrollment_counts
 from appliance.systemd import Notifier, run_watchdog, watchdog_interval
@@ -54,6 +55,8 @@ async def serve(config: Config, *, notifier: Notifier | None = None, handle_sign
     async with trio.open_nursery() as root:
         store = await root.start(run_store, prepared.db_path, config.storage.synchronous)
         runtime = _runtime(config, prepared, store)
+        # Topic, ServerURL and CheckInURL never change for an enrolled device: say so if they did.
+        await warn_on_changed_urls(runtime)
         async with trio.open_nursery() as workers:
             if handle_signals:
                 workers.start_soon(_wait_for_signal, stop)

@@ -22,3 +22,4 @@ def main() -> None:
 
 # Each module adds its commands to `main` when imported.
 from appliance.cli import serve as _serve  # noqa: E402,F401
+from appliance.cli import enroll as _enroll  # noqa: E402,F401

@@ -46,6 +46,10 @@ MIGRATIONS = [
         token_update_count      INTEGER NOT NULL DEFAULT 0,
         awaiting_configuration  INTEGER,
         active                  INTEGER NOT NULL DEFAULT 0,
+        enrolled_at             TEXT,
+        checked_out_at          TEXT,
+        -- Counts the device's Idle reports: a command NotNow'd in the current session carries its number.
+        idle_session            INTEGER NOT NULL DEFAULT 0,
         token_update_raw        BLOB,
         last_seen_at            TEXT,
         last_idle_at            TEXT,
@@ -77,6 +81,9 @@ MIGRATIONS = [
         sent_at        TEXT,
         not_now_count  INTEGER NOT NULL DEFAULT 0,
         not_now_at     TEXT,
+        not_now_session INTEGER,
+        -- Cancelled after it was sent: never offered again, but the device's late report is still kept.
+        cancelled_at   TEXT,
         UNIQUE (enrollment_id, command_uuid)
     );
     CREATE INDEX queue_next ON queue (enrollment_id, id);

@@ -1,0 +1,237 @@
+"""The command queue: stored commands, pending rows per enrollment, and the results devices report.
+
+Every function takes the sqlite3 connection; run it through `runtime.store.write` (or `.read` for the
+listing functions) so it shares the caller's transaction. Rules (Apple, "Sending MDM commands to a
+device"): a command stays queued until Acknowledged, Error or CommandFormatError arrives with its UUID;
+the same status may come twice and is stored once; FIFO per enrollment.
+
+NotNow: the device drops a command it answers NotNow to and polls again by itself only if NotNow was
+its last status, so after a NotNow we offer only commands not NotNow'd in this session (sessions are
+counted by the device's Idle reports in enrollments.idle_session) and otherwise end the session.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from appliance.store.timefmt import now_text
+
+FINAL_STATUSES = frozenset({"Acknowledged", "Error", "CommandFormatError"})
+UNKNOWN_ENROLLMENT = "unknown enrollment"
+_CHUNK = 500  # well under SQLite's bound-parameter limit
+
+
+class CommandExists(Exception):
+    """The CommandUUID was used before: a UUID names one command forever."""
+
+
+def enqueue(conn: sqlite3.Connection, command_uuid: str, request_type: str, body: bytes,
+            enrollment_ids: Sequence[str]) -> dict[str, str | None]:
+    """Store the command once and queue it to every known enrollment; per id None (queued) or an error.
+
+    When no id is known nothing is stored, so the UUID can be used again with the right ids."""
+    if conn.execute("SELECT 1 FROM commands WHERE uuid = ?", (command_uuid,)).fetchone():
+        raise CommandExists(f"command {command_uuid} already exists")
+    ids = list(dict.fromkeys(enrollment_ids))
+    known = existing_enrollments(conn, ids)
+    outcome = {eid: (None if eid in known else UNKNOWN_ENROLLMENT) for eid in ids}
+    if not known:
+        return outcome
+    now = now_text()
+    conn.execute(
+        "INSERT INTO commands (uuid, request_type, body, created_at) VALUES (?, ?, ?, ?)",
+        (command_uuid, request_type, bytes(body), now),
+    )
+    conn.executemany(
+        "INSERT INTO queue (enrollment_id, command_uuid, created_at) VALUES (?, ?, ?)",
+        ((eid, command_uuid, now) for eid in ids if eid in known),
+    )
+    return outcome
+
+
+def existing_enrollments(conn: sqlite3.Connection, ids: Sequence[str]) -> set[str]:
+    found: set[str] = set()
+    for start in range(0, len(ids), _CHUNK):
+        chunk = ids[start:start + _CHUNK]
+        marks = ",".join("?" * len(chunk))
+        found.update(row[0] for row in conn.execute(f"SELECT id FROM enrollments WHERE id IN ({marks})", chunk))
+    return found
+
+
+def start_session(conn: sqlite3.Connection, enrollment_id: str) -> None:
+    """The device reported Idle: a new session begins, commands NotNow'd before are offered again."""
+    now = now_text()
+    conn.execute(
+        "UPDATE enrollments SET idle_session = idle_session + 1, last_idle_at = ?, last_seen_at = ? WHERE id = ?",
+        (now, now, enrollment_id),
+    )
+
+
+_NEXT = """
+UPDATE queue SET sent_at = :now
+WHERE id = (
+    SELECT id FROM queue
+    WHERE enrollment_id = :enrollment AND cancelled_at IS NULL {not_now}
+    ORDER BY id LIMIT 1)
+RETURNING command_uuid, (SELECT body FROM commands WHERE uuid = queue.command_uuid)
+"""
+_NEXT_ANY = _NEXT.format(not_now="")
+_NEXT_AFTER_NOT_NOW = _NEXT.format(
+    not_now="AND not_now_session IS NOT (SELECT idle_session FROM enrollments WHERE id = :enrollment)"
+)
+
+
+def next_command(conn: sqlite3.Connection, enrollment_id: str, *, after_not_now: bool = False
+                 ) -> tuple[str, bytes] | None:
+    """The oldest pending command (uuid, body) of the enrollment, marked as sent; one indexed statement.
+
+    after_not_now: the device's last status was NotNow, so skip what it NotNow'd in this session."""
+    sql = _NEXT_AFTER_NOT_NOW if after_not_now else _NEXT_ANY
+    rows = conn.execute(sql, {"now": now_text(), "enrollment": enrollment_id}).fetchall()
+    if not rows:
+        return None
+    return rows[0][0], rows[0][1]
+
+
+def store_report(conn: sqlite3.Connection, enrollment_id: str, command_uuid: str, status: str, raw: bytes,
+                 error_chain: list[Any] | None = None) -> str:
+    """Record the device's report on a command. Returns what happened:
+
+    "stored"    a final status, result kept and the command taken off this enrollment's queue
+    "duplicate" a final status already stored for (enrollment, command): nothing changes
+    "not_now"   NotNow recorded (count, time, session); the command stays queued
+    "unknown"   this enrollment was never given this command (unknown UUID, or another device's): nothing stored
+    """
+    now = now_text()
+    if status in FINAL_STATUSES:
+        taken = conn.execute(
+            "DELETE FROM queue WHERE enrollment_id = ? AND command_uuid = ? RETURNING created_at",
+            (enrollment_id, command_uuid),
+        ).fetchall()
+        if not taken:
+            seen = conn.execute(
+                "SELECT 1 FROM results WHERE enrollment_id = ? AND command_uuid = ?", (enrollment_id, command_uuid)
+            ).fetchone()
+            return "duplicate" if seen else "unknown"
+        chain = json.dumps(error_chain, default=str) if error_chain else None
+        conn.execute(
+            "INSERT INTO results (enrollment_id, command_uuid, status, raw, error_chain, queued_at, received_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (enrollment_id, command_uuid) DO NOTHING",
+            (enrollment_id, command_uuid, status, bytes(raw), chain, taken[0][0], now),
+        )
+        return "stored"
+    if status == "NotNow":
+        updated = conn.execute(
+            "UPDATE queue SET not_now_count = not_now_count + 1, not_now_at = ?, "
+            "not_now_session = (SELECT idle_session FROM enrollments WHERE id = ?) "
+            "WHERE enrollment_id = ? AND command_uuid = ? AND cancelled_at IS NULL",
+            (now, enrollment_id, enrollment_id, command_uuid),
+        ).rowcount
+        if updated:
+            return "not_now"
+        # Cancelled after it was sent: the device NotNow'd it, so it no longer holds it either.
+        conn.execute(
+            "DELETE FROM queue WHERE enrollment_id = ? AND command_uuid = ? AND cancelled_at IS NOT NULL",
+            (enrollment_id, command_uuid),
+        )
+        return "unknown"
+    raise ValueError(f"not a command status: {status!r}")
+
+
+def _take_off(conn: sqlite3.Connection, where: str, args: tuple) -> int:
+    """Remove pending rows; rows the device may be holding (sent, not NotNow'd since) are only marked
+    cancelled, so its late report is still stored and the row then goes."""
+    removed = conn.execute(
+        f"DELETE FROM queue WHERE {where} AND (sent_at IS NULL OR (not_now_at IS NOT NULL AND not_now_at >= sent_at))",
+        args,
+    ).rowcount
+    marked = conn.execute(
+        f"UPDATE queue SET cancelled_at = ? WHERE {where} AND cancelled_at IS NULL", (now_text(), *args)
+    ).rowcount
+    return removed + marked
+
+
+def clear_queue(conn: sqlite3.Connection, enrollment_id: str) -> int:
+    """Take every pending command off one enrollment's queue; returns how many."""
+    return _take_off(conn, "enrollment_id = ?", (enrollment_id,))
+
+
+def cancel_command(conn: sqlite3.Connection, command_uuid: str) -> int:
+    """Take one command off every queue it is pending on; returns how many rows."""
+    return _take_off(conn, "command_uuid = ?", (command_uuid,))
+
+
+# --- listings (read) -------------------------------------------------------------------------------
+
+def pending(conn: sqlite3.Connection, enrollment_id: str, limit: int = 1000) -> list[dict[str, Any]]:
+    """The enrollment's queue in the order it will be offered."""
+    rows = conn.execute(
+        "SELECT q.command_uuid, c.request_type, q.created_at, q.sent_at, q.not_now_count, q.not_now_at "
+        "FROM queue q JOIN commands c ON c.uuid = q.command_uuid "
+        "WHERE q.enrollment_id = ? AND q.cancelled_at IS NULL ORDER BY q.id LIMIT ?",
+        (enrollment_id, limit),
+    ).fetchall()
+    return [dict(row) for row in rows]
+
+
+def command(conn: sqlite3.Connection, command_uuid: str) -> dict[str, Any] | None:
+    """A stored command with its body and, per enrollment, whether it is pending or what was reported."""
+    row = conn.execute(
+        "SELECT uuid, request_type, body, created_at FROM commands WHERE uuid = ?", (command_uuid,)
+    ).fetchone()
+    if row is None:
+        return None
+    found = dict(row)
+    found["pending"] = [dict(r) for r in conn.execute(
+        "SELECT enrollment_id, created_at, sent_at, not_now_count, not_now_at, cancelled_at "
+        "FROM queue WHERE command_uuid = ? ORDER BY id", (command_uuid,))]
+    found["results"] = [dict(r) for r in conn.execute(
+        "SELECT enrollment_id, status, error_chain, queued_at, received_at "
+        "FROM results WHERE command_uuid = ? ORDER BY received_at", (command_uuid,))]
+    return found
+
+
+def results(conn: sqlite3.Connection, enrollment_id: str, *, limit: int = 100, before: str | None = None,
+            request_type: str | None = None) -> list[dict[str, Any]]:
+    """Reports of one enrollment, newest first (raw plist included); page with before=received_at."""
+    clauses, args = ["r.enrollment_id = ?"], [enrollment_id]
+    if before is not None:
+        clauses.append("r.received_at < ?")
+        args.append(before)
+    if request_type is not None:
+        clauses.append("c.request_type = ?")
+        args.append(request_type)
+    rows = conn.execute(
+        "SELECT r.command_uuid, c.request_type, r.status, r.error_chain, r.queued_at, r.received_at, r.raw "
+        "FROM results r LEFT JOIN commands c ON c.uuid = r.command_uuid "
+        f"WHERE {' AND '.join(clauses)} ORDER BY r.received_at DESC LIMIT ?",
+        (*args, limit),
+    ).fetchall()
+    return [dict(row) for row in rows]
+
+
+def result(conn: sqlite3.Connection, enrollment_id: str, command_uuid: str) -> dict[str, Any] | None:
+    row = conn.execute(
+        "SELECT r.enrollment_id, r.command_uuid, c.request_type, r.status, r.error_chain, r.queued_at, "
+        "r.received_at, r.raw FROM results r LEFT JOIN commands c ON c.uuid = r.command_uuid "
+        "WHERE r.enrollment_id = ? AND r.command_uuid = ?",
+        (enrollment_id, command_uuid),
+    ).fetchone()
+    return dict(row) if row else None
+
+
+def queue_depths(conn: sqlite3.Connection, enrollment_ids: Iterable[str]) -> dict[str, int]:
+    ids = list(enrollment_ids)
+    depths = dict.fromkeys(ids, 0)
+    for start in range(0, len(ids), _CHUNK):
+        chunk = ids[start:start + _CHUNK]
+        marks = ",".join("?" * len(chunk))
+        for row in conn.execute(
+            f"SELECT enrollment_id, count(*) FROM queue WHERE enrollment_id IN ({marks}) AND cancelled_at IS NULL "
+            "GROUP BY enrollment_id", chunk,
+        ):
+            depths[row[0]] = row[1]
+    return depths

@@ -18,7 +18,6 @@ from functools import partial
 
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve as hypercorn_serve
 
 from appliance.bootstrap import Prepared, prepare_data_dir
 from appliance.config import Config, parse_listen
@@ -29,7 +28,9 @@ from appliance.service.enrollment import warn_on_changed_urls
 from appliance.store.db import run_store
 from appliance.store.stats import enrollment_counts
 from appliance.systemd import Notifier, run_watchdog, watchdog_interval
+from appliance.web import tls_peer
 from appliance.web.app import ALL_ROLES, create_app
+from appliance.web.identify import DeviceIdentification
 
 log = get_logger("supervisor")
 
@@ -93,6 +94,8 @@ def _runtime(config: Config, prepared: Prepared, store) -> Runtime:
         tls_cert=prepared.tls_cert,
         tls_key=prepared.tls_key,
     )
+    # Trust anchors for device identities: read once here, not per request.
+    runtime.trust = DeviceIdentification.from_config(config, prepared.ca.certificate)
     runtime.health_checks.append(partial(devices_health, runtime))
     runtime.status_phrases.append(partial(devices_phrase, runtime))
     return runtime
@@ -141,7 +144,14 @@ async def run_http(runtime: Runtime, listen: str, roles: frozenset[str], stop: t
                    task_status=trio.TASK_STATUS_IGNORED) -> None:
     """One hypercorn listener serving the quart-trio app; returns after a graceful stop."""
     app = create_app(runtime, roles)
-    await hypercorn_serve(app, hypercorn_config(runtime, listen), shutdown_trigger=stop.wait, task_status=task_status)
+    hc = hypercorn_config(runtime, listen)
+    if runtime.config.server.tls and "device" in roles:
+        # Devices may authenticate with a TLS client certificate; ask, but do not require one.
+        bundle = runtime.config.data_dir / "tls-client-cas.pem"
+        bundle.write_bytes(runtime.trust.ca_bundle_pem())
+        tls_peer.request_client_certificates(hc, bundle)
+    # hypercorn.trio.serve plus the TLS client certificate in the scope (appliance.web.tls_peer).
+    await tls_peer.serve(app, hc, shutdown_trigger=stop.wait, task_status=task_status)
 
 
 async def _wait_for_signal(stop: trio.Event) -> None:

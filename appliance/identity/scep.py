@@ -469,7 +469,8 @@ def _attr(oid: str, value: core.Asn1Value) -> cms.CMSAttribute:
 
 def _signed_cert_rep(request: PkiMessage, status: PkiStatus, content: bytes | None,
                      ca_certificate: x509.Certificate, ca_key: rsa.RSAPrivateKey,
-                     fail_info: FailInfo | None = None) -> bytes:
+                     fail_info: FailInfo | None = None,
+                     issued: list[x509.Certificate] | None = None) -> bytes:
     digest_name = request.digest_algorithm if request.digest_algorithm in _HASHES else "sha256"
     hash_cls = _HASHES[digest_name]
     h = hashes.Hash(hash_cls())
@@ -506,7 +507,9 @@ def _signed_cert_rep(request: PkiMessage, status: PkiStatus, content: bytes | No
         "version": "v1",
         "digest_algorithms": [{"algorithm": digest_name}],
         "encap_content_info": encap,
-        "certificates": [ca],
+        # The issued certificate also goes in the outer bag, first: micromdm/scep does this and
+        # some clients read it from there; the CA certificate lets the requester check our signature.
+        "certificates": [*(asn1_x509.Certificate.load(_der(c)) for c in issued or []), ca],
         "signer_infos": [signer_info],
     })
     return cms.ContentInfo({"content_type": "signed_data", "content": signed}).dump()
@@ -517,7 +520,7 @@ def cert_rep_success(request: PkiMessage, issued: list[x509.Certificate],
     """CertRep SUCCESS carrying the issued certificate, encrypted to the requester."""
     cipher_name = request.content_encryption if request.content_encryption in _CIPHERS else "aes256_cbc"
     envelope = _envelope(degenerate_pkcs7(issued), request.signer_certificate, cipher_name)
-    return _signed_cert_rep(request, PkiStatus.SUCCESS, envelope, ca_certificate, ca_key)
+    return _signed_cert_rep(request, PkiStatus.SUCCESS, envelope, ca_certificate, ca_key, issued=issued)
 
 
 def cert_rep_failure(request: PkiMessage, fail_info: FailInfo,

@@ -10,6 +10,7 @@ from functools import partial
 from pathlib import Path
 
 import httpx
+import trio
 
 from appliance.config import Config, load_config
 from appliance.runtime import Runtime
@@ -67,6 +68,7 @@ class Server:
     serving: Serving
     config: Config
     config_path: Path
+    finished: trio.Event
 
     @property
     def runtime(self) -> Runtime:
@@ -112,8 +114,21 @@ class Server:
     def stop(self) -> None:
         self.serving.stop.set()
 
+    async def aclose(self) -> None:
+        """Graceful stop, as on SIGTERM, and wait until serve() has returned (database closed)."""
+        self.stop()
+        await self.finished.wait()
+
+
+async def _serve_until_done(config: Config, finished: trio.Event, *, task_status) -> None:
+    try:
+        await serve(config, handle_signals=False, task_status=task_status)
+    finally:
+        finished.set()
+
 
 async def start_server(nursery, config_path: Path) -> Server:
     config = load_config(config_path)
-    serving = await nursery.start(partial(serve, config, handle_signals=False))
-    return Server(serving, config, config_path)
+    finished = trio.Event()
+    serving = await nursery.start(partial(_serve_until_done, config, finished))
+    return Server(serving, config, config_path, finished)

@@ -73,12 +73,16 @@ def mint_challenge_sync(conn: sqlite3.Connection, config: Config) -> tuple[str, 
 
 
 def push_topic(conn: sqlite3.Connection) -> str | None:
-    """The imported push certificate's topic, or None when none is imported yet."""
+    """The imported push certificate's topic, or None when none is imported yet.
+
+    The push certificate store (store/push_schema.py) keeps every import; the newest is in use.
+    """
+    from appliance.store import push as push_store
+
     try:
-        from appliance.store import push as push_store
-    except ImportError:
+        return push_store.current_topic(conn)
+    except sqlite3.OperationalError:  # the push component's tables are not there
         return None
-    return push_store.current_topic(conn)
 
 
 # --- which Topic/ServerURL/CheckInURL profiles handed out ---------------------------------

@@ -77,11 +77,11 @@ def push_topic(conn: sqlite3.Connection) -> str | None:
 
     The push certificate store (store/push_schema.py) keeps every import; the newest is in use.
     """
-    from appliance.store import push as push_store
-
     try:
+        from appliance.store import push as push_store
+
         return push_store.current_topic(conn)
-    except sqlite3.OperationalError:  # the push component's tables are not there
+    except (ImportError, sqlite3.OperationalError):  # the push component is not installed
         return None
 
 

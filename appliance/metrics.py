@@ -26,6 +26,22 @@ class Metrics:
             ["message_type", "outcome"], registry=r,
         )
         self.up_since = Gauge("mdm_start_time_seconds", "When this process started (UNIX time).", registry=r)
+        # APNs (appliance/push/scheduler.py)
+        self.pushes = Counter(
+            "mdm_pushes_total", "APNs pushes by result (ok, unregistered, rejected, certificate, throttled, "
+            "failed).", ["result"], registry=r,
+        )
+        self.push_cert_days_left = Gauge(
+            "mdm_push_certificate_days_left", "Days until the push certificate expires (negative: expired; "
+            "NaN: none imported).", registry=r,
+        )
+        self.push_cert_not_after = Gauge(
+            "mdm_push_certificate_not_after_seconds", "Push certificate expiry (UNIX time; 0: none).", registry=r,
+        )
+        self.enrollments_by_push_result = Gauge(
+            "mdm_enrollments_by_last_push_result", "Active enrollments by the result of their last push.",
+            ["result"], registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -23,6 +23,7 @@ from appliance.bootstrap import Prepared, prepare_data_dir
 from appliance.config import Config, parse_listen
 from appliance.logs import get_logger
 from appliance.metrics import Metrics
+from appliance.push.scheduler import run_push
 from appliance.runtime import Runtime
 from appliance.service.enrollment import warn_on_changed_urls
 from appliance.store.db import run_store
@@ -62,6 +63,7 @@ async def serve(config: Config, *, notifier: Notifier | None = None, handle_sign
             if handle_signals:
                 workers.start_soon(_wait_for_signal, stop)
             # The push client and the background workers start here, before the listeners.
+            await workers.start(run_push, runtime)
             interval = watchdog_interval()
             if interval is not None:
                 await workers.start(run_watchdog, notifier, interval)

@@ -15,6 +15,7 @@ import sqlite3
 COMPONENTS = [
     "appliance.store.core_schema",
     "appliance.store.scep_schema",
+    "appliance.store.push_schema",
 ]
 
 

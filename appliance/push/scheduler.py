@@ -1,0 +1,285 @@
+"""The push service on runtime.push: who gets pushed when, and what each push did to its enrollment.
+
+- `request_push(ids)`: fire-and-forget (enqueue calls it after its commit); requests that arrive close
+  together, or while the same enrollment's push is in flight, become one push.
+- `await push_now(ids)`: the admin API's on-demand push, answered per id.
+- background: re-push enrollments whose commands wait longer than [apns] repush_interval, pick up a
+  certificate imported by the CLI (polls a version number), warn daily about expiry.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import trio
+
+from appliance.logs import get_logger
+from appliance.push import pushcert
+from appliance.push.apns import APNsClient, PushResult, PushStatus
+from appliance.push.pushcert import PushCertError, PushCertificate
+from appliance.store import push as push_store
+from appliance.store.timefmt import now, to_text
+
+log = get_logger("push")
+
+
+@dataclass(frozen=True)
+class PushOutcome:
+    """Per enrollment: the apns-id of an accepted push, or why there was none."""
+
+    enrollment_id: str
+    apns_id: str | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class PushService:
+    cert_poll_seconds = 3.0  # how soon a certificate imported by the CLI is used
+    coalesce_seconds = 0.02  # requests this close together become one batch
+    expiry_check_seconds = 86400.0
+
+    def __init__(self, runtime, client: APNsClient | None = None):
+        self.runtime = runtime
+        cfg = runtime.config.apns
+        self.client = client or APNsClient(
+            cfg.url, ca_file=cfg.ca_file, expiration=cfg.expiration, timeout=cfg.timeout,
+            max_streams=cfg.max_streams, log=get_logger("apns"),
+        )
+        self.repush_interval = cfg.repush_interval
+        self._wanted: set[str] = set()
+        self._inflight: set[str] = set()
+        self._wake = trio.Event()
+        self._version = 0
+        self.load_error: str | None = None
+        self._nursery: trio.Nursery | None = None
+
+    # ----- what other parts call ----------------------------------------------------------------
+    def request_push(self, enrollment_ids: Iterable[str]) -> None:
+        """Push soon, without waiting; cheap (a set update) and safe to call from any request."""
+        before = len(self._wanted)
+        self._wanted.update(enrollment_ids)
+        if len(self._wanted) != before:
+            self._wake.set()
+
+    async def push_now(self, enrollment_ids: Iterable[str]) -> dict[str, PushOutcome]:
+        ids = list(dict.fromkeys(enrollment_ids))
+        self._wanted.difference_update(ids)  # this push also serves requests still waiting
+        return await self._push(ids)
+
+    @property
+    def certificate(self) -> PushCertificate | None:
+        return self.client.certificate
+
+    async def reload_certificate(self) -> PushCertificate | None:
+        """Use the newest stored certificate (after an import); reconnects APNs with it."""
+        stored = await self.runtime.store.read(push_store.current_certificate)
+        self._version = stored.id if stored else 0
+        if stored is None:
+            self.client.set_certificate(None)
+            log.warning("push_certificate_missing",
+                        hint="import one with `mdm-appliance push-cert import CERT KEY`")
+            self._update_metrics()
+            return None
+        try:
+            cert = pushcert.load_pem(stored.certificate, stored.private_key)
+            self.load_error = None
+        except PushCertError as e:
+            self.load_error = str(e)
+            log.error("push_certificate_unusable", error=str(e))
+            self._update_metrics()
+            return None
+        if self.client.certificate is None or self.client.certificate.fingerprint != cert.fingerprint:
+            self.client.set_certificate(cert)
+            log.info("push_certificate_loaded", topic=cert.topic, not_after=to_text(cert.not_after),
+                     days_left=cert.days_left())
+        self._check_expiry()
+        return cert
+
+    def status(self) -> dict:
+        """For /healthz and STATUS=: topic, not_after, days_left, state and the last errors."""
+        cert = self.client.certificate
+        info = {
+            "topic": cert.topic if cert else None,
+            "not_after": to_text(cert.not_after) if cert else None,
+            "days_left": cert.days_left() if cert else None,
+            "state": pushcert.expiry_state(cert) if cert else "missing",
+            "certificate_error": self.client.cert_error or self.load_error,
+            "connected": self.client.connected,
+            "last_connection_error": self.client.last_connection_error,
+        }
+        return info
+
+    def severity(self, info: dict | None = None) -> str:
+        info = info or self.status()
+        if info["state"] == "expired" or info["certificate_error"]:
+            return "error"
+        if info["state"] in ("warning", "missing"):
+            return "warning"
+        return "ok"
+
+    async def health(self) -> tuple[str, dict, str]:
+        info = self.status()
+        return "push", info, self.severity(info)
+
+    async def phrase(self) -> str:
+        info = self.status()
+        if info["state"] == "missing":
+            return "no push certificate imported"
+        if info["state"] == "expired":
+            return f"push cert EXPIRED on {info['not_after'][:10]}"
+        text = f"push cert {info['topic']} expires in {info['days_left']} days"
+        if info["certificate_error"]:
+            text += f" (APNs: {info['certificate_error']})"
+        return text
+
+    # ----- pushing ---------------------------------------------------------------------------------
+    async def _push(self, ids: list[str]) -> dict[str, PushOutcome]:
+        if not ids:
+            return {}
+        store = self.runtime.store
+        targets, skipped = await store.read(push_store.push_targets, ids)
+        outcomes = {eid: PushOutcome(eid, error=reason) for eid, reason in skipped.items()}
+        current = to_text(now())
+        sendable = []
+        for target in targets:
+            if target.backoff_until and target.backoff_until > current:
+                outcomes[target.enrollment_id] = PushOutcome(
+                    target.enrollment_id,
+                    error=f"throttled by APNs (429); next push after {target.backoff_until}")
+            else:
+                sendable.append(target)
+        if sendable:
+            sent_ids = [t.enrollment_id for t in sendable]
+            self._inflight.update(sent_ids)
+            try:
+                results = await self.client.push_many((t.token, t.push_magic) for t in sendable)
+            finally:
+                self._inflight.difference_update(sent_ids)
+                if self._wanted:
+                    self._wake.set()  # requests that came in while these were in flight
+            records = [self._record(t, r) for t, r in zip(sendable, results)]
+            await store.write(push_store.record_outcomes, records)
+            for target, result in zip(sendable, results):
+                self.runtime.metrics.pushes.labels(result.status.value).inc()
+                outcomes[target.enrollment_id] = PushOutcome(
+                    target.enrollment_id, result.apns_id if result.ok else None,
+                    None if result.ok else result.describe())
+                if result.status is PushStatus.THROTTLED and result.retry_after:
+                    self._retry_later(target.enrollment_id, result.retry_after)
+            failed = sum(1 for r in results if not r.ok)
+            if failed:
+                log.info("push_batch", sent=len(results), failed=failed,
+                         first_error=next(r.describe() for r in results if not r.ok))
+        return {eid: outcomes[eid] for eid in ids}
+
+    def _record(self, target: push_store.PushTarget, result: PushResult) -> push_store.Outcome:
+        backoff = None
+        if result.status is PushStatus.THROTTLED and result.retry_after:
+            backoff = to_text(now() + dt.timedelta(seconds=result.retry_after))
+        return push_store.Outcome(
+            target.enrollment_id, target.token, result.status.value,
+            apns_id=result.apns_id, error=None if result.ok else result.describe(),
+            invalid_at=push_store.apns_timestamp_text(result.timestamp)
+            if result.status is PushStatus.UNREGISTERED else None,
+            backoff_until=backoff,
+        )
+
+    def _retry_later(self, enrollment_id: str, delay: float) -> None:
+        if self._nursery is not None:
+            self._nursery.start_soon(self._request_after, enrollment_id, delay)
+
+    async def _request_after(self, enrollment_id: str, delay: float) -> None:
+        await trio.sleep(delay + 1)
+        self.request_push([enrollment_id])
+
+    # ----- background ------------------------------------------------------------------------------
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await nursery.start(self.client.run)
+            await self.reload_certificate()
+            nursery.start_soon(self._coalescer)
+            nursery.start_soon(self._watch_certificate)
+            nursery.start_soon(self._repush_worker)
+            nursery.start_soon(self._expiry_warner)
+            task_status.started(self)
+
+    async def _coalescer(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            await trio.sleep(self.coalesce_seconds)
+            batch = list(self._wanted - self._inflight)
+            if not batch:
+                continue  # all in flight: _push wakes us when they are done
+            self._wanted.difference_update(batch)
+            self._nursery.start_soon(self._push_in_background, batch)
+
+    async def _push_in_background(self, ids: list[str]) -> None:
+        try:
+            await self._push(ids)
+        except Exception as e:  # noqa: BLE001 - a failed batch must not take the server down
+            log.exception("push_batch_failed", count=len(ids), error=repr(e))
+
+    async def _watch_certificate(self) -> None:
+        while True:
+            await trio.sleep(self.cert_poll_seconds)
+            version = await self.runtime.store.read(push_store.certificate_version)
+            if version != self._version:
+                await self.reload_certificate()
+
+    async def _repush_worker(self) -> None:
+        period = max(0.2, min(300.0, self.repush_interval / 4))
+        while True:
+            await trio.sleep(period)
+            cutoff = to_text(now() - dt.timedelta(seconds=self.repush_interval))
+            ids = await self.runtime.store.read(push_store.repush_candidates, cutoff)
+            if ids:
+                log.info("repush", count=len(ids), waiting_longer_than=self.repush_interval)
+                self.request_push(ids)
+            summary = await self.runtime.store.read(push_store.push_summary)
+            for result, count in summary.items():
+                self.runtime.metrics.enrollments_by_push_result.labels(result).set(count)
+
+    async def _expiry_warner(self) -> None:
+        while True:
+            await trio.sleep(self.expiry_check_seconds)
+            self._check_expiry()
+
+    def _check_expiry(self) -> None:
+        self._update_metrics()
+        cert = self.client.certificate
+        if cert is None:
+            return
+        state = pushcert.expiry_state(cert)
+        if state == "expired":
+            log.error("push_certificate_expired", topic=cert.topic, not_after=to_text(cert.not_after),
+                      hint="renew it at Apple's push certificates portal with the same Apple ID")
+        elif state == "warning":
+            log.warning("push_certificate_expires_soon", topic=cert.topic, days_left=cert.days_left(),
+                        not_after=to_text(cert.not_after),
+                        hint="renew it at Apple's push certificates portal with the same Apple ID")
+
+    def _update_metrics(self) -> None:
+        metrics = self.runtime.metrics
+        cert = self.client.certificate
+        if cert is None:
+            metrics.push_cert_days_left.set(float("nan"))
+            metrics.push_cert_not_after.set(0)
+        else:
+            metrics.push_cert_days_left.set((cert.not_after - now()).total_seconds() / 86400)
+            metrics.push_cert_not_after.set(cert.not_after.timestamp())
+
+
+async def run_push(runtime, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """The supervisor's push part: ready once the stored certificate is loaded (or reported missing)."""
+    service = PushService(runtime)
+    runtime.push = service
+    runtime.health_checks.append(service.health)
+    runtime.status_phrases.append(service.phrase)
+    await service.run(task_status=task_status)

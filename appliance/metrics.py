@@ -25,6 +25,19 @@ class Metrics:
             "mdm_scep_requests_total", "SCEP PKIOperation requests by message type and outcome.",
             ["message_type", "outcome"], registry=r,
         )
+        self.mdm_checkins = Counter(
+            "mdm_checkins_total", "Check-in messages by MessageType and answer status.",
+            ["message_type", "status"], registry=r,
+        )
+        self.mdm_reports = Counter(
+            "mdm_reports_total", "Command endpoint reports by Status and outcome "
+            "(idle, stored, duplicate, not_now, unknown).", ["status", "outcome"], registry=r,
+        )
+        self.mdm_commands_sent = Counter("mdm_commands_sent_total", "Commands handed to devices.", registry=r)
+        self.mdm_refused = Counter(
+            "mdm_device_requests_refused_total", "Device requests refused before any change, by HTTP status.",
+            ["status"], registry=r,
+        )
         self.up_since = Gauge("mdm_start_time_seconds", "When this process started (UNIX time).", registry=r)
         # APNs (appliance/push/scheduler.py)
         self.pushes = Counter(

@@ -19,6 +19,7 @@ log = get_logger("http")
 # "api" = the admin API under /v1, "common" = health and metrics, served on every listener.
 BLUEPRINTS = [
     ("appliance.web.health", "common"),
+    ("appliance.web.device", "device"),
     ("appliance.web.scep", "device"),
     ("appliance.web.enroll", "device"),
     ("appliance.web.challenges", "api"),

@@ -23,3 +23,4 @@ def main() -> None:
 # Each module adds its commands to `main` when imported.
 from appliance.cli import serve as _serve  # noqa: E402,F401
 from appliance.cli import enroll as _enroll  # noqa: E402,F401
+from appliance.cli import pushcert as _pushcert  # noqa: E402,F401

@@ -23,6 +23,7 @@ BLUEPRINTS = [
     ("appliance.web.scep", "device"),
     ("appliance.web.enroll", "device"),
     ("appliance.web.challenges", "api"),
+    ("appliance.web.push_api", "api"),
 ]
 
 ALL_ROLES = frozenset({"device", "api", "common"})

@@ -1,0 +1,192 @@
+"""`push-cert import|show|csr`: the MDM push certificate, worked on data_dir directly.
+
+A running server notices an import within seconds (it polls the certificate version) and reconnects
+to APNs with the new identity.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from appliance.cli import main
+from appliance.cli.common import CliError, config_option, load_config_or_exit
+
+CSR_KEY_FILE = "push-csr.key"
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise CliError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+
+
+def _open_db(config):
+    from appliance.bootstrap import prepare_data_dir
+    from appliance.store.db import connect_sync
+
+    try:
+        prepared = prepare_data_dir(config)
+        return connect_sync(prepared.db_path, config.storage.synchronous)
+    except (OSError, RuntimeError) as exc:
+        raise CliError(f"cannot open the data directory {config.data_dir}: {exc}") from None
+
+
+@main.group("push-cert")
+def push_cert() -> None:
+    """The MDM push certificate (APNs): import, show, or make a CSR for a new one.
+
+    \b
+    Renewal:  mdm-appliance push-cert csr --cn "Example Org" --out push.csr
+              (have it signed by your MDM vendor signing service, upload it at
+               https://identity.apple.com with the SAME Apple ID as before, download the .pem)
+              mdm-appliance push-cert import MDM_Certificate.pem
+    """
+
+
+@push_cert.command("import")
+@config_option
+@click.argument("cert", type=click.Path(dir_okay=False))
+@click.argument("key", required=False, type=click.Path(dir_okay=False))
+@click.option("--password", envvar="MDM_PUSH_CERT_PASSWORD", default=None,
+              help="Password of a .p12, or of an encrypted PEM key [env: MDM_PUSH_CERT_PASSWORD].")
+@click.option("--force", is_flag=True,
+              help="Replace a certificate even though its topic differs (orphans enrolled devices).")
+def import_cert(config_path, cert, key, password, force) -> None:
+    """Validate and store a push certificate (PEM + key, one PEM with both, or a .p12).
+
+    Without KEY, a PEM certificate is paired with the key `push-cert csr` kept in data_dir.
+
+    \b
+    Examples:  mdm-appliance push-cert import MDM_Certificate.pem push.key
+               mdm-appliance push-cert import push.p12 --password secret
+    """
+    from appliance.push import pushcert
+    from appliance.store import push as push_store
+
+    config = load_config_or_exit(config_path)
+    cert_data = _read(cert, "certificate")
+    key_data = _read(key, "private key") if key else None
+    csr_key = Path(config.data_dir) / CSR_KEY_FILE
+    used_csr_key = False
+    if key_data is None and b"-----BEGIN" in cert_data and b"PRIVATE KEY-----" not in cert_data:
+        if not csr_key.exists():
+            raise CliError("no private key given, and no key from `push-cert csr` in data_dir: "
+                           "pass KEY (the key the certificate was requested with)")
+        key_data = _read(str(csr_key), "private key")
+        used_csr_key = True
+    try:
+        pc = pushcert.validate(pushcert.load_any(cert_data, key_data, password))
+    except pushcert.PushCertError as exc:
+        raise CliError(f"{cert}: {exc}") from None
+    conn = _open_db(config)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            push_store.store_certificate(
+                conn, topic=pc.topic, certificate_pem=pc.cert_pem, key_pem=pc.key_pem,
+                sha256=pc.fingerprint, not_before=pc.not_before, not_after=pc.not_after, force=force)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    except push_store.TopicChanged as exc:
+        raise CliError(pushcert.topic_change_message(exc.old, exc.new)) from None
+    finally:
+        conn.close()
+    if used_csr_key:
+        csr_key.unlink(missing_ok=True)  # the key now lives in the database; one copy is enough
+    click.echo(f"imported push certificate for topic {pc.topic}, expires "
+               f"{pc.not_after:%Y-%m-%d} ({pc.days_left()} days left)")
+    click.echo("a running server picks it up within seconds and reconnects to APNs", err=True)
+
+
+@push_cert.command("show")
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def show(config_path, as_json) -> None:
+    """Print the current push certificate's topic, expiry and days left.
+
+    \b
+    Example:  mdm-appliance push-cert show
+    """
+    from appliance.push import pushcert
+    from appliance.store import push as push_store
+
+    config = load_config_or_exit(config_path)
+    conn = _open_db(config)
+    try:
+        stored = push_store.current_certificate(conn)
+    finally:
+        conn.close()
+    if stored is None:
+        raise CliError("no push certificate imported yet: run `mdm-appliance push-cert import CERT KEY`")
+    try:
+        pc = pushcert.load_pem(stored.certificate, stored.private_key)
+    except pushcert.PushCertError as exc:
+        raise CliError(f"the stored push certificate is unusable: {exc}") from None
+    info = {"topic": pc.topic, "not_after": f"{pc.not_after:%Y-%m-%dT%H:%M:%SZ}",
+            "days_left": pc.days_left(), "state": pushcert.expiry_state(pc),
+            "sha256": pc.fingerprint, "imported_at": stored.imported_at}
+    if as_json:
+        click.echo(json.dumps(info))
+        return
+    click.echo(f"topic:      {info['topic']}")
+    click.echo(f"not after:  {info['not_after']}")
+    click.echo(f"days left:  {info['days_left']}")
+    click.echo(f"imported:   {info['imported_at']}")
+    click.echo(f"sha256:     {info['sha256']}")
+    if info["state"] == "expired":
+        click.echo("EXPIRED: no device can be pushed; renew with the same Apple ID", err=True)
+    elif info["state"] == "warning":
+        click.echo("expires within 30 days: renew it with the same Apple ID", err=True)
+
+
+@push_cert.command("csr")
+@config_option
+@click.option("--out", "-o", "out", required=True, type=click.Path(dir_okay=False),
+              help="Where to write the CSR (PEM).")
+@click.option("--cn", "common_name", default="MDM Push Certificate", show_default=True,
+              help="Common name of the request.")
+@click.option("--email", default=None, help="Contact email (some signing services require it).")
+@click.option("--org", "organization", default=None, help="Organization name.")
+@click.option("--country", default=None, help="Two-letter country code.")
+@click.option("--force", is_flag=True, help="Replace a key from an earlier, unfinished request.")
+def csr(config_path, out, common_name, email, organization, country, force) -> None:
+    """Make a private key (kept in data_dir, 0600) and a CSR for a new push certificate.
+
+    Send the CSR to an MDM vendor signing service; upload what it returns at Apple's push
+    certificates portal (https://identity.apple.com) with the Apple ID of the current certificate,
+    then `push-cert import` the .pem Apple gives you (the key is found in data_dir).
+
+    \b
+    Example:  mdm-appliance push-cert csr --cn "Example Org" --email it@example.org --out push.csr
+    """
+    from appliance.files import ensure_private_dir, write_atomic
+    from appliance.push import pushcert
+
+    config = load_config_or_exit(config_path)
+    data_dir = Path(config.data_dir)
+    key_path = data_dir / CSR_KEY_FILE
+    if key_path.exists() and not force:
+        raise CliError(f"{key_path} exists (a request in progress?): import its certificate first, "
+                       "or pass --force to start a new request")
+    try:
+        key_pem, csr_pem = pushcert.make_csr(common_name, email=email, organization=organization,
+                                             country=country)
+    except pushcert.PushCertError as exc:
+        raise CliError(str(exc)) from None
+    try:
+        ensure_private_dir(data_dir)
+        write_atomic(key_path, key_pem, 0o600)
+        write_atomic(Path(out), csr_pem, 0o644)
+    except OSError as exc:
+        raise CliError(f"cannot write: {exc.strerror or exc} ({exc.filename or out})") from None
+    click.echo(f"wrote {out}; private key kept in {key_path}")
+    click.echo("next: have the CSR signed by an MDM vendor signing service, upload it at "
+                   "https://identity.apple.com with the SAME Apple ID, then "
+                   "`mdm-appliance push-cert import <downloaded>.pem`", err=True)

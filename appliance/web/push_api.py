@@ -1,0 +1,98 @@
+"""Admin API for pushes (NanoMDM-compatible): the push certificate and on-demand pushes.
+
+PUT /v1/pushcert       body: PEM certificate + PEM private key in one body; ?force=1 allows a topic change
+GET /v1/pushcert       -> {"topic", "not_after"}
+GET|POST /v1/push/<id,id,...>  -> {"status": {id: {"push_result": apns-id} | {"push_error": "..."}}}
+                          200 all pushed, 207 some failed, 500 none pushed (NanoMDM's meaning)
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from quart import Blueprint, jsonify, request
+
+from appliance.push import pushcert
+from appliance.push.pushcert import PushCertError
+from appliance.store import push as push_store
+from appliance.web.app import runtime
+from appliance.web.auth import require_api_key
+from appliance.web.errors import api_error
+
+blueprint = Blueprint("push_api", __name__)
+
+MAX_IDS = 10_000
+
+
+def _rfc3339(moment) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").lower() in ("1", "true", "yes", "on")
+
+
+def _summary(cert: pushcert.PushCertificate) -> dict:
+    return {"topic": cert.topic, "not_after": _rfc3339(cert.not_after),
+            "days_left": cert.days_left()}
+
+
+@blueprint.put("/v1/pushcert")
+@require_api_key
+async def put_pushcert():
+    rt = runtime()
+    body = await request.get_data()
+    if not body:
+        return api_error(400, "empty_body", "empty body: send the PEM certificate and PEM private key in one body")
+    try:
+        cert = pushcert.validate(pushcert.load_pem(body))
+    except PushCertError as e:
+        return api_error(400, "invalid_push_certificate", str(e))
+    try:
+        await rt.store.write(partial(
+            push_store.store_certificate, topic=cert.topic, certificate_pem=cert.cert_pem,
+            key_pem=cert.key_pem, sha256=cert.fingerprint, not_before=cert.not_before,
+            not_after=cert.not_after, force=_truthy(request.args.get("force")),
+        ))
+    except push_store.TopicChanged as e:
+        return api_error(409, "topic_changed", pushcert.topic_change_message(e.old, e.new))
+    if rt.push is not None:
+        await rt.push.reload_certificate()  # reconnect to APNs with it now, not at the next poll
+    return jsonify(_summary(cert))
+
+
+@blueprint.get("/v1/pushcert")
+@require_api_key
+async def get_pushcert():
+    stored = await runtime().store.read(push_store.current_certificate)
+    if stored is None:
+        return api_error(404, "no_push_certificate", "no push certificate imported yet")
+    try:
+        cert = pushcert.load_pem(stored.certificate, stored.private_key)
+    except PushCertError as e:
+        return api_error(500, "push_certificate_unusable", f"stored push certificate: {e}")
+    return jsonify(_summary(cert))
+
+
+@blueprint.route("/v1/push/<path:ids>", methods=["GET", "POST"])
+@require_api_key
+async def push(ids: str):
+    rt = runtime()
+    enrollment_ids = [i for i in dict.fromkeys(ids.split(",")) if i]
+    if not enrollment_ids:
+        return api_error(400, "no_ids", "name at least one enrollment id: /v1/push/ID1,ID2")
+    if len(enrollment_ids) > MAX_IDS:
+        return api_error(400, "too_many_ids", f"at most {MAX_IDS} ids per request")
+    if rt.push is None:
+        return api_error(503, "push_unavailable", "the push service is not running")
+    outcomes = await rt.push.push_now(enrollment_ids)
+    status, failed = {}, 0
+    for eid in enrollment_ids:
+        outcome = outcomes[eid]
+        if outcome.ok:
+            status[eid] = {"push_result": outcome.apns_id}
+        else:
+            status[eid] = {"push_error": outcome.error}
+            failed += 1
+    code = 200 if failed == 0 else (500 if failed == len(enrollment_ids) else 207)
+    return jsonify({"status": status}), code

@@ -196,6 +196,11 @@ class WebhookConfig(Section):
     url: str | None = None
     hmac_key: str | None = None
     timeout: Seconds = 10.0
+    # Retries back off from retry_initial, doubling up to retry_max, until the receiver answers 2xx.
+    retry_initial: Seconds = 1.0
+    retry_max: Seconds = 60.0
+    # Trust these CAs for an https receiver instead of the system store (a receiver with a private CA).
+    ca_file: ExistingFile | None = None
 
     @field_validator("url")
     @classmethod

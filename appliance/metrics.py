@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from appliance.fleet_metrics import FleetCollector
+
 
 class Metrics:
     def __init__(self) -> None:
@@ -24,6 +26,13 @@ class Metrics:
         self.scep_requests = Counter(
             "mdm_scep_requests_total", "SCEP PKIOperation requests by message type and outcome.",
             ["message_type", "outcome"], registry=r,
+        )
+        # Devices, queue, results, webhook outbox: read from the database at scrape time (web/metrics.py).
+        self.fleet = FleetCollector()
+        r.register(self.fleet)
+        self.webhook_deliveries = Counter(
+            "mdm_webhook_deliveries_total", "Webhook delivery attempts by outcome (delivered, failed).",
+            ["outcome"], registry=r,
         )
         self.mdm_checkins = Counter(
             "mdm_checkins_total", "Check-in messages by MessageType and answer status.",

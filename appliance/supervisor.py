@@ -32,6 +32,7 @@ from appliance.systemd import Notifier, run_watchdog, watchdog_interval
 from appliance.web import tls_peer
 from appliance.web.app import ALL_ROLES, create_app
 from appliance.web.identify import DeviceIdentification
+from appliance.webhook.deliver import run_webhooks
 
 log = get_logger("supervisor")
 
@@ -64,6 +65,7 @@ async def serve(config: Config, *, notifier: Notifier | None = None, handle_sign
                 workers.start_soon(_wait_for_signal, stop)
             # The push client and the background workers start here, before the listeners.
             await workers.start(run_push, runtime)
+            await workers.start(run_webhooks, runtime)
             interval = watchdog_interval()
             if interval is not None:
                 await workers.start(run_watchdog, notifier, interval)

@@ -11,7 +11,7 @@ from werkzeug.exceptions import HTTPException
 
 from appliance.logs import get_logger
 from appliance.runtime import Runtime
-from appliance.web.errors import api_error, slug, text_error
+from appliance.web.errors import ApiError, api_error, slug, text_error
 
 log = get_logger("http")
 
@@ -24,6 +24,9 @@ BLUEPRINTS = [
     ("appliance.web.enroll", "device"),
     ("appliance.web.challenges", "api"),
     ("appliance.web.push_api", "api"),
+    ("appliance.web.api", "api"),
+    ("appliance.web.openapi", "api"),
+    ("appliance.web.metrics", "common"),
 ]
 
 ALL_ROLES = frozenset({"device", "api", "common"})
@@ -58,7 +61,7 @@ def create_app(rt: Runtime, roles: frozenset[str] = ALL_ROLES) -> Quart:
 
     @app.errorhandler(HTTPException)
     async def _http_error(exc: HTTPException) -> Response:
-        if request.path.startswith("/v1"):
+        if request.path.startswith("/v1") or isinstance(exc, ApiError):  # ApiError: /metrics too
             return api_error(exc.code or 500, getattr(exc, "error_code", None) or slug(exc), exc.description or "")
         return text_error(exc.code or 500, exc.description or exc.name)
 

@@ -1,0 +1,51 @@
+"""Fleet figures for /metrics that live in the database (devices, queue, results, webhook outbox).
+
+They are read in one store.read at scrape time (appliance.web.metrics) and kept here as a snapshot, which
+this collector turns into metric families; so a scrape always shows the database as it is now, and no
+background task has to keep gauges in step.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from appliance.store.timefmt import from_text
+
+
+class FleetCollector:
+    def __init__(self) -> None:
+        self.snapshot: dict | None = None
+
+    def describe(self):
+        return []  # families depend on the snapshot; the registry must not call collect() at register time
+
+    def collect(self):
+        snap = self.snapshot
+        if snap is None:
+            return
+        devices = GaugeMetricFamily("mdm_devices", "Devices by state: known (authenticated at least once), "
+                                    "enrolled (sent TokenUpdate), active (enrolled and not checked out).",
+                                    labels=["state"])
+        for state in ("known", "enrolled", "active"):
+            devices.add_metric([state], snap[f"devices_{state}"])
+        yield devices
+        yield GaugeMetricFamily("mdm_queue_depth", "Commands pending delivery (queue rows).",
+                                value=snap["queue_depth"])
+        yield GaugeMetricFamily("mdm_queue_oldest_pending_seconds", "Age of the oldest pending queue row "
+                                "(0 when the queue is empty).", value=_age(snap["queue_oldest"]))
+        results = CounterMetricFamily("mdm_command_results", "Final command results stored, by status "
+                                      "(Acknowledged, Error, CommandFormatError).", labels=["status"])
+        for status in ("Acknowledged", "Error", "CommandFormatError"):
+            results.add_metric([status], snap["results"].get(status, 0))
+        yield results
+        yield GaugeMetricFamily("mdm_webhook_outbox_depth", "Webhook events not yet delivered.",
+                                value=snap["outbox_depth"])
+        yield GaugeMetricFamily("mdm_webhook_outbox_oldest_seconds", "Age of the oldest undelivered webhook "
+                                "event (0 when none).", value=_age(snap["outbox_oldest"]))
+
+
+def _age(text: str | None) -> float:
+    moment = from_text(text)
+    return max(0.0, time.time() - moment.timestamp()) if moment else 0.0

@@ -1,0 +1,150 @@
+"""Enqueueing a command for many enrollments, and the NanoMDM-compatible answer.
+
+One write transaction stores the command body once and a queue row per known enrollment (10,000 ids in
+one call stay one transaction), then the pushes are handed to the push scheduler, which coalesces and
+paces them: the request never waits for APNs. The answer keeps NanoMDM's shape and status codes
+(200 all ok, 207 some failed, 500 all failed) but gives every id its entry, also with nopush, so callers
+can tell an unknown id from a queued one (PROTOCOL.md section 9).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from appliance.logs import get_logger
+from appliance.protocol import plist
+from appliance.protocol.plistjson import from_json
+from appliance.store import fleet, queue
+
+log = get_logger("commands")
+
+MAX_ENROLLMENT_ID = 256
+# The outcome of a push we handed to the scheduler (NanoMDM puts the APNs id here; ours is not known yet).
+PUSH_SCHEDULED = "scheduled"
+
+
+class BadCommand(ValueError):
+    """The request as a whole is wrong (a 400 with this reason)."""
+
+
+class DuplicateCommand(ValueError):
+    """The CommandUUID was used before (a 409)."""
+
+
+@dataclass(frozen=True)
+class Command:
+    uuid: str
+    request_type: str
+    body: bytes
+
+
+def parse_command(body: bytes, max_size: int | None = None) -> Command:
+    """A raw command plist as NanoMDM takes it: {CommandUUID, Command: {RequestType, ...}}."""
+    try:
+        document = plist.load_dict(body, max_size=max_size)
+    except plist.PlistError as exc:
+        raise BadCommand(f"body is not a command property list: {exc}") from None
+    return Command(*_check(document), body=bytes(body))
+
+
+def _check(document: dict) -> tuple[str, str]:
+    command_uuid = document.get("CommandUUID")
+    if not isinstance(command_uuid, str) or not command_uuid.strip():
+        raise BadCommand("the command has no CommandUUID string")
+    if len(command_uuid) > 128:
+        raise BadCommand("CommandUUID is longer than 128 characters")
+    inner = document.get("Command")
+    if not isinstance(inner, dict):
+        raise BadCommand("the command has no Command dictionary")
+    request_type = inner.get("RequestType")
+    if not isinstance(request_type, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9.]{0,127}", request_type):
+        raise BadCommand("Command.RequestType is missing or not a name like \"DeviceInformation\"")
+    return command_uuid, request_type
+
+
+def build_command(command: Any, command_uuid: str | None = None) -> Command:
+    """The JSON convenience form ({"RequestType": ..., keys...}, binary as {"$data": base64}) -> a command
+    plist with a generated CommandUUID (or the caller's)."""
+    if not isinstance(command, dict):
+        raise BadCommand("\"command\" must be an object with a RequestType")
+    try:
+        inner = from_json(command, "command")
+    except ValueError as exc:
+        raise BadCommand(str(exc)) from None
+    document = {"CommandUUID": command_uuid or str(uuid.uuid4()), "Command": inner}
+    uuid_text, request_type = _check(document)
+    return Command(uuid_text, request_type, plist.dump(document))
+
+
+def split_ids(path_ids: str) -> list[str]:
+    """'id1,id2,...' from the URL -> unique ids in the order given."""
+    ids = path_ids.split(",")
+    return check_ids(ids)
+
+
+def check_ids(ids: list[Any]) -> list[str]:
+    if not ids:
+        raise BadCommand("no enrollment ids given")
+    for eid in ids:
+        if not isinstance(eid, str) or not eid.strip():
+            raise BadCommand("an enrollment id in the list is empty")
+        if len(eid) > MAX_ENROLLMENT_ID:
+            raise BadCommand(f"enrollment id longer than {MAX_ENROLLMENT_ID} characters: {eid[:40]}...")
+    return list(dict.fromkeys(ids))
+
+
+def _enqueue_and_check(conn, command: Command, ids: list[str], with_push: bool):
+    outcome = queue.enqueue(conn, command.uuid, command.request_type, command.body, ids)
+    queued = [eid for eid, error in outcome.items() if error is None]
+    reasons = fleet.pushability(conn, queued) if with_push else {}
+    return outcome, reasons
+
+
+async def enqueue(runtime, command: Command, ids: list[str], *, no_push: bool) -> tuple[int, dict]:
+    """Queue the command to every id and schedule pushes; returns (HTTP status, NanoMDM-shaped answer)."""
+    push = None if no_push else runtime.push
+    try:
+        outcome, reasons = await runtime.store.write(_enqueue_and_check, command, ids, push is not None)
+    except queue.CommandExists:
+        raise DuplicateCommand(
+            f"CommandUUID {command.uuid} was already used; every command needs a new UUID"
+        ) from None
+    status: dict[str, dict] = {}
+    to_push: list[str] = []
+    for eid, error in outcome.items():
+        entry: dict[str, str] = {}
+        if error is not None:
+            entry["command_error"] = error
+        elif push is not None:
+            reason = reasons.get(eid)
+            if reason is None:
+                entry["push_result"] = PUSH_SCHEDULED
+                to_push.append(eid)
+            else:
+                entry["push_error"] = reason
+        status[eid] = entry
+    if to_push:
+        push.request_push(to_push)
+    answer: dict[str, Any] = {
+        "status": status,
+        "no_push": no_push,
+        "command_uuid": command.uuid,
+        "request_type": command.request_type,
+    }
+    if not no_push and runtime.push is None:
+        answer["push_error"] = "the push service is not running; devices get the command at their next check-in"
+    failed = sum(1 for entry in status.values() if "command_error" in entry or "push_error" in entry)
+    queued = sum(1 for error in outcome.values() if error is None)
+    log.info("command_enqueued", command_uuid=command.uuid, request_type=command.request_type,
+             ids=len(status), queued=queued, pushes=len(to_push), failed=failed)
+    return answer_code(len(status), failed), answer
+
+
+def answer_code(total: int, failed: int) -> int:
+    """NanoMDM's meaning: 200 every id succeeded, 207 some failed, 500 all failed."""
+    if failed == 0:
+        return 200
+    return 500 if failed >= total else 207

@@ -1,0 +1,300 @@
+"""The admin API under /v1: enqueue (NanoMDM's raw form and a JSON form), devices, commands, queues.
+
+Every route needs the API key (appliance.web.auth); errors are JSON {"error": {"code", "message"}}.
+Lists page by an opaque cursor: pass the answer's next_cursor back as ?cursor= until it is null.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+
+from quart import Blueprint, Response, jsonify, request
+
+from appliance.protocol import plist
+from appliance.protocol.plistjson import to_json
+from appliance.service import commands
+from appliance.store import fleet, queue
+from appliance.web.app import runtime
+from appliance.web.auth import require_api_key
+from appliance.web.errors import ApiError
+
+blueprint = Blueprint("api", __name__)
+
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+
+
+# --- enqueue ---------------------------------------------------------------------------------------
+
+@blueprint.route("/v1/enqueue/<ids>", methods=["PUT"])
+@require_api_key
+async def enqueue_raw(ids: str):
+    """NanoMDM's enqueue: a raw command plist for one or many comma-separated enrollment ids."""
+    rt = runtime()
+    try:
+        enrollment_ids = commands.split_ids(ids)
+        command = commands.parse_command(await request.get_data(), rt.config.server.max_body_size)
+    except commands.BadCommand as exc:
+        raise ApiError(400, "bad_command", str(exc)) from None
+    return await _enqueue(command, enrollment_ids, _flag("nopush"))
+
+
+@blueprint.route("/v1/commands", methods=["POST"])
+@require_api_key
+async def enqueue_json():
+    """{"enrollment_ids": [...], "command": {"RequestType": ..., ...}, "command_uuid"?, "no_push"?}."""
+    document = await _json_object()
+    unknown = set(document) - {"enrollment_ids", "command", "command_uuid", "no_push"}
+    if unknown:
+        raise ApiError(400, "bad_request", f"unknown field(s): {', '.join(sorted(unknown))}")
+    ids, no_push, command_uuid = document.get("enrollment_ids"), document.get("no_push", False), document.get("command_uuid")
+    if not isinstance(ids, list):
+        raise ApiError(400, "bad_request", "\"enrollment_ids\" must be an array of enrollment ids")
+    if not isinstance(no_push, bool):
+        raise ApiError(400, "bad_request", "\"no_push\" must be true or false")
+    if command_uuid is not None and not isinstance(command_uuid, str):
+        raise ApiError(400, "bad_request", "\"command_uuid\" must be a string")
+    try:
+        enrollment_ids = commands.check_ids(ids)
+        command = commands.build_command(document.get("command"), command_uuid)
+    except commands.BadCommand as exc:
+        raise ApiError(400, "bad_command", str(exc)) from None
+    return await _enqueue(command, enrollment_ids, no_push)
+
+
+async def _enqueue(command: commands.Command, enrollment_ids: list[str], no_push: bool):
+    try:
+        code, answer = await commands.enqueue(runtime(), command, enrollment_ids, no_push=no_push)
+    except commands.DuplicateCommand as exc:
+        raise ApiError(409, "command_exists", str(exc)) from None
+    return jsonify(answer), code
+
+
+# --- devices ---------------------------------------------------------------------------------------
+
+@blueprint.get("/v1/devices")
+@require_api_key
+async def list_devices():
+    limit = _limit()
+    # Read every argument here: the query runs on the store's thread, outside the request context.
+    filters = {"serial": _arg("serial"), "udid": _arg("udid"), "active": _bool_arg("active"),
+               "after": _cursor(str), "limit": limit + 1}
+    rows = await runtime().store.read(lambda conn: fleet.list_devices(conn, **filters))
+    page, more = rows[:limit], len(rows) > limit
+    return jsonify({"devices": page, "next_cursor": _encode_cursor(page[-1]["id"]) if more else None})
+
+
+@blueprint.get("/v1/devices/<device_id>")
+@require_api_key
+async def get_device(device_id: str):
+    found = await runtime().store.read(fleet.device, device_id)
+    if found is None:
+        raise ApiError(404, "device_not_found", f"no device with id {device_id!r}")
+    return jsonify(found)
+
+
+@blueprint.get("/v1/devices/<device_id>/commands")
+@require_api_key
+async def device_commands(device_id: str):
+    limit = _limit()
+    after = _cursor(list)
+    if after is not None and (len(after) != 3 or not all(isinstance(part, str) for part in after)):
+        raise ApiError(400, "bad_cursor", "cursor is not one this API handed out")
+
+    def read(conn):
+        if not fleet.device_or_enrollment_exists(conn, device_id):
+            return None
+        return fleet.enrollment_commands(conn, device_id, after=tuple(after) if after else None, limit=limit + 1)
+
+    rows = await runtime().store.read(read)
+    if rows is None:
+        raise ApiError(404, "device_not_found", f"no device or enrollment with id {device_id!r}")
+    page, more = rows[:limit], len(rows) > limit
+    for row in page:
+        row["error_chain"] = _chain(row["error_chain"])
+    cursor = None
+    if more:
+        last = page[-1]
+        cursor = _encode_cursor([last["queued_at"], last["enrollment_id"], last["command_uuid"]])
+    return jsonify({"commands": page, "next_cursor": cursor})
+
+
+@blueprint.delete("/v1/devices/<enrollment_id>/queue")
+@require_api_key
+async def clear_queue(enrollment_id: str):
+    def clear(conn):
+        if not fleet.enrollment_exists(conn, enrollment_id):
+            return None
+        return queue.clear_queue(conn, enrollment_id)
+
+    cleared = await runtime().store.write(clear)
+    if cleared is None:
+        raise ApiError(404, "enrollment_not_found", f"no enrollment with id {enrollment_id!r}")
+    return jsonify({"enrollment_id": enrollment_id, "cleared": cleared})
+
+
+# --- commands --------------------------------------------------------------------------------------
+
+@blueprint.get("/v1/commands/<command_uuid>")
+@require_api_key
+async def get_command(command_uuid: str):
+    limit = _limit()
+    after = _cursor(str)
+    only = _arg("enrollment_id")
+    as_plist = _format()
+
+    def read(conn):
+        found = fleet.command(conn, command_uuid)
+        if found is None:
+            return None
+        rows = fleet.command_enrollments(conn, command_uuid, enrollment_id=only, after=after,
+                                         limit=2 if as_plist else limit + 1)
+        counts = None if as_plist else fleet.command_counts(conn, command_uuid)
+        return found, rows, counts
+
+    got = await runtime().store.read(read)
+    if got is None:
+        raise ApiError(404, "command_not_found", f"no command with uuid {command_uuid!r}")
+    found, rows, counts = got
+    if as_plist:
+        return _raw_result(command_uuid, rows, only)
+    page, more = rows[:limit], len(rows) > limit
+    return jsonify({
+        "command_uuid": found["uuid"],
+        "request_type": found["request_type"],
+        "created_at": found["created_at"],
+        "command": _plist_json(found["body"]),
+        "counts": counts,
+        "enrollments": [_enrollment_status(row) for row in page],
+        "next_cursor": _encode_cursor(page[-1]["enrollment_id"]) if more else None,
+    })
+
+
+@blueprint.delete("/v1/commands/<command_uuid>")
+@require_api_key
+async def cancel_command(command_uuid: str):
+    def cancel(conn):
+        if fleet.command(conn, command_uuid) is None:
+            return None
+        return queue.cancel_command(conn, command_uuid)
+
+    cancelled = await runtime().store.write(cancel)
+    if cancelled is None:
+        raise ApiError(404, "command_not_found", f"no command with uuid {command_uuid!r}")
+    return jsonify({"command_uuid": command_uuid, "cancelled": cancelled})
+
+
+def _raw_result(command_uuid: str, rows, only: str | None) -> Response:
+    finished = [row for row in rows if row["raw"] is not None]
+    if not finished:
+        raise ApiError(404, "result_not_found",
+                       f"no result for command {command_uuid!r}" + (f" from {only!r}" if only else "") + " yet")
+    if len(rows) > 1 and only is None:
+        raise ApiError(400, "enrollment_required",
+                       "the command went to several enrollments: add ?enrollment_id= to pick one result")
+    raw = bytes(finished[0]["raw"])
+    xml = raw.lstrip().startswith((b"<?xml", b"<plist", b"<!DOCTYPE"))
+    return Response(raw, status=200, content_type=plist.CONTENT_TYPE if xml else "application/octet-stream")
+
+
+def _enrollment_status(row) -> dict:
+    entry = {
+        "enrollment_id": row["enrollment_id"],
+        "status": row["status"],
+        "queued_at": row["queued_at"],
+        "sent_at": row["sent_at"],
+        "not_now_count": row["not_now_count"],
+        "received_at": row["received_at"],
+        "error_chain": _chain(row["error_chain"]),
+        "result": _plist_json(row["raw"]) if row["raw"] is not None else None,
+    }
+    return entry
+
+
+def _plist_json(raw) -> object:
+    try:
+        return to_json(plist.load(bytes(raw)))
+    except plist.PlistError:
+        return {"$data": base64.b64encode(bytes(raw)).decode("ascii")}
+
+
+def _chain(text: str | None):
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+# --- request helpers -------------------------------------------------------------------------------
+
+def _arg(name: str) -> str | None:
+    value = request.args.get(name)
+    return value if value not in (None, "") else None
+
+
+def _flag(name: str) -> bool:
+    """NanoMDM's ?nopush=1: any value but empty, 0 or false means yes."""
+    value = request.args.get(name)
+    return value is not None and value.strip().lower() not in ("", "0", "false", "no")
+
+
+def _bool_arg(name: str) -> bool | None:
+    value = _arg(name)
+    if value is None:
+        return None
+    lowered = value.lower()
+    if lowered in ("1", "true", "yes"):
+        return True
+    if lowered in ("0", "false", "no"):
+        return False
+    raise ApiError(400, "bad_parameter", f"?{name}= must be true or false")
+
+
+def _format() -> bool:
+    value = _arg("format")
+    if value is None or value == "json":
+        return False
+    if value == "plist":
+        return True
+    raise ApiError(400, "bad_parameter", "?format= must be json or plist")
+
+
+def _limit() -> int:
+    value = _arg("limit")
+    if value is None:
+        return DEFAULT_LIMIT
+    if not value.isdigit() or not 1 <= int(value) <= MAX_LIMIT:
+        raise ApiError(400, "bad_parameter", f"?limit= must be a whole number from 1 to {MAX_LIMIT}")
+    return int(value)
+
+
+def _encode_cursor(value) -> str:
+    return base64.urlsafe_b64encode(json.dumps(value, separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def _cursor(kind: type):
+    text = _arg("cursor")
+    if text is None:
+        return None
+    try:
+        value = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+    except (binascii.Error, ValueError):
+        value = None
+    if not isinstance(value, kind):
+        raise ApiError(400, "bad_cursor", "cursor is not one this API handed out")
+    return value
+
+
+async def _json_object() -> dict:
+    data = await request.get_data()
+    try:
+        document = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "bad_json", "body is not JSON") from None
+    if not isinstance(document, dict):
+        raise ApiError(400, "bad_json", "body must be a JSON object")
+    return document

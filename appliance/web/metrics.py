@@ -1,0 +1,30 @@
+"""GET /metrics: Prometheus text. Needs the API key like the admin API (Prometheus sends it with
+`authorization: {credentials: KEY}` or basic_auth), because it is served on every listener, the
+device-facing one included, and fleet size and queue figures are nobody else's business."""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST
+from quart import Blueprint, Response
+
+from appliance.store import fleet, outbox
+from appliance.web.app import runtime
+from appliance.web.auth import require_api_key
+
+blueprint = Blueprint("metrics", __name__)
+
+
+def _snapshot(conn) -> dict:
+    snap = fleet.snapshot(conn)
+    box = outbox.stats(conn)
+    snap["outbox_depth"] = box["depth"]
+    snap["outbox_oldest"] = box["oldest_created_at"]
+    return snap
+
+
+@blueprint.get("/metrics")
+@require_api_key
+async def metrics():
+    rt = runtime()
+    rt.metrics.fleet.snapshot = await rt.store.read(_snapshot)
+    return Response(rt.metrics.render(), status=200, content_type=CONTENT_TYPE_LATEST)

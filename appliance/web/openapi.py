@@ -1,0 +1,293 @@
+"""GET /v1/openapi.json: the OpenAPI 3.0 description of the admin API (tests/test_openapi.py checks the
+implementation against it with schemathesis). Served without the key: it describes, it reveals nothing."""
+
+from __future__ import annotations
+
+from quart import Blueprint, jsonify
+
+from appliance import __version__
+
+blueprint = Blueprint("openapi", __name__)
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(kind: str, **extra) -> dict:
+    return {"type": kind, "nullable": True, **extra}
+
+
+def _json(schema: dict, description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _error(description: str) -> dict:
+    return _json(_ref("Error"), description)
+
+
+_STD_ERRORS = {
+    "400": _error("The request is wrong as a whole (the message says how)."),
+    "401": _error("Missing or wrong API key."),
+}
+_LIMIT = {"name": "limit", "in": "query", "required": False,
+          "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+          "description": "Page size."}
+_CURSOR = {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string"},
+           "description": "next_cursor of the previous page."}
+_DEVICE_ID = {"name": "device_id", "in": "path", "required": True, "schema": {"type": "string"},
+              "description": "Device id (UDID, or EnrollmentID for User Enrollment)."}
+_UUID = {"name": "command_uuid", "in": "path", "required": True, "schema": {"type": "string"}}
+
+_ENQUEUE_ANSWER = {
+    "200": _json(_ref("EnqueueAnswer"), "Every id queued (and its push scheduled)."),
+    "207": _json(_ref("EnqueueAnswer"), "Some ids failed (see their command_error / push_error)."),
+    "500": _json(_ref("EnqueueAnswer"), "Every id failed (NanoMDM's code; the body says why per id)."),
+    "409": _error("The CommandUUID was used before (code command_exists)."),
+    **_STD_ERRORS,
+}
+
+SCHEMAS: dict = {
+    "Error": {
+        "type": "object", "required": ["error"],
+        "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {
+            "code": {"type": "string", "description": "Stable machine code, e.g. command_exists."},
+            "message": {"type": "string"}}}},
+    },
+    "EnrollmentOutcome": {
+        "type": "object",
+        "properties": {
+            "push_result": {"type": "string", "description": "\"scheduled\": handed to the push scheduler "
+                            "(/v1/push answers the APNs id instead)."},
+            "push_error": {"type": "string"},
+            "command_error": {"type": "string", "description": "e.g. \"unknown enrollment\"."},
+        },
+    },
+    "EnqueueAnswer": {
+        "type": "object", "required": ["status", "no_push", "command_uuid", "request_type"],
+        "description": "NanoMDM's answer; unlike NanoMDM every id has an entry, also with nopush.",
+        "properties": {
+            "status": {"type": "object", "additionalProperties": _ref("EnrollmentOutcome")},
+            "no_push": {"type": "boolean"},
+            "push_error": {"type": "string"},
+            "command_uuid": {"type": "string"},
+            "request_type": {"type": "string"},
+        },
+    },
+    "CommandRequest": {
+        "type": "object", "required": ["enrollment_ids", "command"], "additionalProperties": False,
+        "properties": {
+            "enrollment_ids": {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}},
+            "command": {"type": "object", "required": ["RequestType"],
+                        "properties": {"RequestType": {"type": "string"}},
+                        "description": "The Command dictionary as JSON. Binary values as {\"$data\": "
+                                       "\"<base64>\"}, dates as {\"$date\": \"2026-01-01T00:00:00Z\"}."},
+            "command_uuid": {"type": "string", "description": "Default: a new random UUID."},
+            "no_push": {"type": "boolean", "default": False},
+        },
+    },
+    "Device": {
+        "type": "object", "required": ["id", "enrolled", "active", "pending_commands"],
+        "properties": {
+            "id": {"type": "string"},
+            "serial_number": _nullable("string"), "model": _nullable("string"),
+            "model_name": _nullable("string"), "product_name": _nullable("string"),
+            "os_version": _nullable("string"), "build_version": _nullable("string"),
+            "device_name": _nullable("string"), "authenticated_at": _nullable("string"),
+            "created_at": {"type": "string"}, "updated_at": {"type": "string"},
+            "has_bootstrap_token": {"type": "boolean"}, "has_unlock_token": {"type": "boolean"},
+            "enrolled": {"type": "boolean", "description": "The device channel sent TokenUpdate."},
+            "active": {"type": "boolean", "description": "Enrolled and not checked out."},
+            "enrolled_at": _nullable("string"), "checked_out_at": _nullable("string"),
+            "last_seen_at": _nullable("string"), "last_push_at": _nullable("string"),
+            "last_push_result": _nullable("string"), "last_push_error": _nullable("string"),
+            "token_invalid_at": _nullable("string"),
+            "pending_commands": {"type": "integer"},
+        },
+    },
+    "Enrollment": {
+        "type": "object", "required": ["id", "type", "active"],
+        "properties": {
+            "id": {"type": "string"}, "type": {"type": "string"},
+            "user_id": _nullable("string"), "user_short_name": _nullable("string"),
+            "user_long_name": _nullable("string"), "topic": _nullable("string"),
+            "active": {"type": "boolean"}, "token_present": {"type": "boolean"},
+            "token_update_count": {"type": "integer"}, "awaiting_configuration": {"nullable": True},
+            "last_seen_at": _nullable("string"), "last_idle_at": _nullable("string"),
+            "token_invalid_at": _nullable("string"), "last_push_at": _nullable("string"),
+            "last_push_result": _nullable("string"), "last_push_error": _nullable("string"),
+            "created_at": {"type": "string"}, "updated_at": {"type": "string"},
+            "pending_commands": {"type": "integer"},
+        },
+    },
+    "DeviceDetail": {
+        "allOf": [_ref("Device"), {
+            "type": "object", "required": ["enrollments"],
+            "properties": {
+                "enrollments": {"type": "array", "items": _ref("Enrollment"),
+                                "description": "The device channel first, then user channels."},
+                "identity_certificate": {"type": "object", "nullable": True, "properties": {
+                    "sha256": {"type": "string"}, "subject": _nullable("string"),
+                    "not_after": _nullable("string"), "bound_at": {"type": "string"}}},
+            }}],
+    },
+    "DevicePage": {
+        "type": "object", "required": ["devices", "next_cursor"],
+        "properties": {"devices": {"type": "array", "items": _ref("Device")},
+                       "next_cursor": _nullable("string")},
+    },
+    "DeviceCommand": {
+        "type": "object", "required": ["enrollment_id", "command_uuid", "status", "pending", "queued_at"],
+        "properties": {
+            "enrollment_id": {"type": "string"}, "command_uuid": {"type": "string"},
+            "request_type": _nullable("string"),
+            "status": {"type": "string", "description": "pending, sent, NotNow, cancelled (still queued) or "
+                       "Acknowledged, Error, CommandFormatError (final)."},
+            "pending": {"type": "boolean"}, "queued_at": {"type": "string"},
+            "sent_at": _nullable("string"), "not_now_count": _nullable("integer"),
+            "not_now_at": _nullable("string"), "received_at": _nullable("string"),
+            "error_chain": {"nullable": True},
+        },
+    },
+    "DeviceCommandPage": {
+        "type": "object", "required": ["commands", "next_cursor"],
+        "properties": {"commands": {"type": "array", "items": _ref("DeviceCommand")},
+                       "next_cursor": _nullable("string")},
+    },
+    "CommandEnrollment": {
+        "type": "object", "required": ["enrollment_id", "status"],
+        "properties": {
+            "enrollment_id": {"type": "string"}, "status": {"type": "string"},
+            "queued_at": _nullable("string"), "sent_at": _nullable("string"),
+            "not_now_count": _nullable("integer"), "received_at": _nullable("string"),
+            "error_chain": {"nullable": True},
+            "result": {"type": "object", "nullable": True,
+                       "description": "The device's report as JSON (data as {\"$data\": base64})."},
+        },
+    },
+    "CommandDetail": {
+        "type": "object",
+        "required": ["command_uuid", "request_type", "created_at", "command", "counts", "enrollments", "next_cursor"],
+        "properties": {
+            "command_uuid": {"type": "string"}, "request_type": {"type": "string"},
+            "created_at": {"type": "string"}, "command": {"type": "object"},
+            "counts": {"type": "object", "additionalProperties": {"type": "integer"},
+                       "description": "pending plus one count per final status."},
+            "enrollments": {"type": "array", "items": _ref("CommandEnrollment")},
+            "next_cursor": _nullable("string"),
+        },
+    },
+    "Cleared": {"type": "object", "required": ["enrollment_id", "cleared"], "properties": {
+        "enrollment_id": {"type": "string"}, "cleared": {"type": "integer"}}},
+    "Cancelled": {"type": "object", "required": ["command_uuid", "cancelled"], "properties": {
+        "command_uuid": {"type": "string"}, "cancelled": {"type": "integer"}}},
+    "Challenge": {"type": "object", "required": ["challenge", "expires_at", "ttl_seconds"], "properties": {
+        "challenge": {"type": "string"}, "expires_at": {"type": "string"}, "ttl_seconds": {"type": "integer"}}},
+}
+
+PATHS: dict = {
+    "/v1/enqueue/{ids}": {"put": {
+        "summary": "Enqueue a raw command plist (NanoMDM compatible).",
+        "description": "ids: comma-separated enrollment ids (thousands are fine). Pushes are scheduled, "
+                       "not awaited.",
+        "parameters": [
+            {"name": "ids", "in": "path", "required": True, "schema": {"type": "string"}},
+            {"name": "nopush", "in": "query", "required": False, "schema": {"type": "string"},
+             "description": "Any value but empty/0/false: queue without pushing."},
+        ],
+        "requestBody": {"required": True, "content": {"application/x-apple-aspen-mdm": {
+            "schema": {"type": "string", "format": "binary"}}, "application/xml": {
+            "schema": {"type": "string", "format": "binary"}}}},
+        "responses": _ENQUEUE_ANSWER,
+    }},
+    "/v1/commands": {"post": {
+        "summary": "Enqueue a command given as JSON; the CommandUUID is generated.",
+        "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("CommandRequest")}}},
+        "responses": _ENQUEUE_ANSWER,
+    }},
+    "/v1/commands/{command_uuid}": {
+        "get": {
+            "summary": "A command and its status per enrollment, with results as JSON.",
+            "parameters": [_UUID, _LIMIT, _CURSOR,
+                           {"name": "enrollment_id", "in": "query", "required": False, "schema": {"type": "string"}},
+                           {"name": "format", "in": "query", "required": False,
+                            "schema": {"type": "string", "enum": ["json", "plist"]},
+                            "description": "plist: the raw result plist of one enrollment."}],
+            "responses": {
+                "200": {"description": "The command (JSON), or with format=plist the raw result.",
+                        "content": {"application/json": {"schema": _ref("CommandDetail")},
+                                    "application/xml": {"schema": {"type": "string"}},
+                                    "application/octet-stream": {"schema": {"type": "string"}}}},
+                "404": _error("No such command (or, with format=plist, no result yet)."),
+                **_STD_ERRORS,
+            },
+        },
+        "delete": {
+            "summary": "Cancel a command wherever it is still pending.",
+            "parameters": [_UUID],
+            "responses": {"200": _json(_ref("Cancelled"), "How many queue rows were taken off."),
+                          "404": _error("No such command."), "401": _STD_ERRORS["401"]},
+        },
+    },
+    "/v1/devices": {"get": {
+        "summary": "Devices, paged, filterable.",
+        "parameters": [_LIMIT, _CURSOR,
+                       {"name": "serial", "in": "query", "required": False, "schema": {"type": "string"}},
+                       {"name": "udid", "in": "query", "required": False, "schema": {"type": "string"}},
+                       {"name": "active", "in": "query", "required": False,
+                        "schema": {"type": "string", "enum": ["true", "false"]}}],
+        "responses": {"200": _json(_ref("DevicePage"), "A page of devices."), **_STD_ERRORS},
+    }},
+    "/v1/devices/{device_id}": {"get": {
+        "summary": "One device with its channels (device and users) and identity certificate.",
+        "parameters": [_DEVICE_ID],
+        "responses": {"200": _json(_ref("DeviceDetail"), "The device."), "404": _error("No such device."),
+                      "401": _STD_ERRORS["401"]},
+    }},
+    "/v1/devices/{device_id}/commands": {"get": {
+        "summary": "Pending and past commands of a device (all its channels) or of one user channel, newest first.",
+        "parameters": [_DEVICE_ID, _LIMIT, _CURSOR],
+        "responses": {"200": _json(_ref("DeviceCommandPage"), "A page of commands."),
+                      "404": _error("No such device or enrollment."), **_STD_ERRORS},
+    }},
+    "/v1/devices/{device_id}/queue": {"delete": {
+        "summary": "Take every pending command off one enrollment's queue.",
+        "parameters": [_DEVICE_ID],
+        "responses": {"200": _json(_ref("Cleared"), "How many were taken off."),
+                      "404": _error("No such enrollment."), "401": _STD_ERRORS["401"]},
+    }},
+    "/v1/challenges": {"post": {
+        "summary": "Mint a one-time SCEP challenge.",
+        "responses": {"201": _json(_ref("Challenge"), "The challenge."), "401": _STD_ERRORS["401"]},
+    }},
+    "/v1/openapi.json": {"get": {
+        "summary": "This document.", "security": [],
+        "responses": {"200": {"description": "OpenAPI 3.0 JSON.",
+                              "content": {"application/json": {"schema": {"type": "object"}}}}},
+    }},
+}
+
+
+def document() -> dict:
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "mdm-appliance admin API",
+            "version": __version__,
+            "description": "Authenticate with HTTP Basic (any user name, the API key as password) or "
+                           "`Authorization: Bearer KEY`. Errors are {\"error\": {\"code\", \"message\"}}. "
+                           "Lists page with ?limit= and ?cursor= (the previous answer's next_cursor).",
+        },
+        "components": {
+            "securitySchemes": {"basic": {"type": "http", "scheme": "basic"},
+                                "bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": SCHEMAS,
+        },
+        "security": [{"basic": []}, {"bearer": []}],
+        "paths": PATHS,
+    }
+
+
+@blueprint.get("/v1/openapi.json")
+async def openapi_json():
+    return jsonify(document())

@@ -179,9 +179,14 @@ async def test_renewal_signed_by_our_certificate_needs_no_challenge(server):
         renewed = client.read_cert_rep(await _post(http, renewal), ca, renewal)
         stranger = client.pkcs_req(client.Requester(challenge=None), ca, message_type=17)
         refused = client.read_cert_rep(await _post(http, stranger), ca, stranger)
+        other_name = client.Requester(common_name="someone-else", challenge=None)
+        sideways = client.pkcs_req(other_name, ca, message_type=17, signer=(issued, requester.key))
+        renamed = client.read_cert_rep(await _post(http, sideways), ca, sideways)
     assert renewed.status == 0
     assert renewed.certificates[0].public_key() == renewer.key.public_key()
+    assert renewed.certificates[0].subject == issued.subject
     assert (refused.status, refused.fail_info) == (2, 2)
+    assert (renamed.status, renamed.fail_info) == (2, 2)
 
 
 async def test_certpoll_returns_the_issued_certificate(server):

@@ -132,10 +132,12 @@ def _replay(runtime, request: PkiMessage, recorded: scep_store.IssuedCertificate
 
 
 async def _authorized(runtime, request: PkiMessage, csr: scep.CertificationRequest, now) -> bool:
-    if request.message_type == MessageType.RENEWAL_REQ and scep.renewal_signer_is_ours(
-        request, runtime.ca.certificate, now
-    ):
-        return True  # signed by a valid identity we issued: no challenge needed (RFC 8894 2.4)
+    if (request.message_type == MessageType.RENEWAL_REQ
+            and scep.renewal_signer_is_ours(request, runtime.ca.certificate, now)
+            and csr.csr.subject == request.signer_certificate.subject):
+        # Signed by a valid identity we issued, for the same subject: no challenge needed
+        # (RFC 8894 2.4). Another subject would let one device mint identities for others.
+        return True
     given = csr.challenge_password
     if not given:
         return False

@@ -1,9 +1,10 @@
 """Verify the `Mdm-Signature` header: a detached CMS SignedData over the exact request body.
 
-Sans-I/O: bytes in, the signer's certificate out (or an IdentityError). asn1crypto parses
-the structure; cryptography does every hash and signature check. cryptography has no
-public CMS verify API, hence this module. Order and rules: PROTOCOL.md section 4.
-Trust (who issued the certificate) is checked separately, in trust.py.
+Sans-I/O: bytes in, the signer's certificate out (or an IdentityError). Two phases: `_read`
+walks the structure with asn1crypto and copies out plain values (any parse failure -> 400);
+`verify_detached_signature` then checks them with cryptography only (any failure -> 403).
+cryptography has no public CMS verify API, hence this module. Order and rules: PROTOCOL.md
+section 4. Trust (who issued the certificate) is checked separately, in trust.py.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+from dataclasses import dataclass
 
 from asn1crypto import algos, cms, core
 from cryptography import x509
@@ -19,6 +21,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
+from appliance.identity.certificate import load_der
 from appliance.identity.errors import SignatureInvalid, SignatureMalformed
 
 # asn1crypto digest algorithm names -> cryptography hash classes.
@@ -35,38 +38,57 @@ _HASHES: dict[str, type[hashes.HashAlgorithm]] = {
 MAX_SIGNATURE_LENGTH = 64 * 1024
 
 
+@dataclass(frozen=True)
+class _Pss:
+    hash_name: str
+    mgf_name: str
+    mgf_hash_name: str
+    salt_length: int
+    trailer_field: int
+
+
+@dataclass(frozen=True)
+class _SignerInfo:
+    """What the verification needs, copied out of the parsed structure."""
+
+    digest_name: str
+    signature_kind: str | None  # "rsassa_pkcs1v15", "rsassa_pss", "ecdsa", ...; None if unknown
+    signature_oid: str
+    pss: _Pss | None
+    signature: bytes
+    signed_attrs_der: bytes | None  # as received, [0] IMPLICIT tag included; None when absent
+    content_types: list[list[str]]  # values of each content-type attribute
+    message_digests: list[list[bytes]]  # values of each message-digest attribute
+    certificate_der: bytes
+
+
 def verify_detached_signature(signature: bytes | str, body: bytes) -> x509.Certificate:
     """Return the certificate whose key signed `body`, per the base64 DER CMS in `signature`.
 
     Raises SignatureMalformed (answer 400) when the header cannot be read as a detached
     SignedData, SignatureInvalid (answer 403) when it does not prove the body.
     """
-    signer_info, certificates = _parse(signature)
-    digest_name = _name_of(signer_info["digest_algorithm"]["algorithm"])
-    hash_cls = _hash_class(digest_name)
+    signer = _read(_decode(signature))
+    hash_cls = _hash_class(signer.digest_name)
 
-    signed_attrs = signer_info["signed_attrs"]
-    if signed_attrs.native is None:
+    if signer.signed_attrs_der is None:
         # RFC 5652 5.4: without signed attributes the signature covers the content itself.
         signed_bytes = body
     else:
-        _check_signed_attributes(signed_attrs, body, digest_name)
+        _check_signed_attributes(signer, body)
         # RFC 5652 5.4: the signature covers the attributes' DER as received, with the
         # [0] IMPLICIT tag replaced by the SET OF tag. Re-encoding could change the bytes.
-        original = signed_attrs.dump()
-        signed_bytes = b"\x31" + original[1:]
+        signed_bytes = b"\x31" + signer.signed_attrs_der[1:]
 
-    asn1_cert = _find_signer(signer_info["sid"], certificates)
     try:
-        certificate = x509.load_der_x509_certificate(asn1_cert.dump())
+        certificate = load_der(signer.certificate_der)
     except ValueError as exc:
         raise SignatureMalformed("signer certificate is not valid DER") from exc
-
-    _verify(certificate, signer_info, signed_bytes, hash_cls)
+    _verify(certificate, signer, signed_bytes, hash_cls)
     return certificate
 
 
-def _parse(signature: bytes | str) -> tuple[cms.SignerInfo, list]:
+def _decode(signature: bytes | str) -> bytes:
     if isinstance(signature, str):
         try:
             signature = signature.encode("ascii")
@@ -78,12 +100,14 @@ def _parse(signature: bytes | str) -> tuple[cms.SignerInfo, list]:
     if len(signature) > MAX_SIGNATURE_LENGTH:
         raise SignatureMalformed("signature header is too long")
     try:
-        der = base64.b64decode(signature, validate=True)
+        return base64.b64decode(signature, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise SignatureMalformed("signature header is not base64") from exc
 
-    # asn1crypto parses lazily: any field access can be the one that finds the junk, so the
-    # whole walk through the structure is one guarded block.
+
+def _read(der: bytes) -> _SignerInfo:
+    # asn1crypto parses lazily: any field access can be the one that meets the junk, so the
+    # whole walk is one guarded block whose only output is plain Python values.
     try:
         content_info = cms.ContentInfo.load(der, strict=True)
         if content_info["content_type"].native != "signed_data":
@@ -92,79 +116,82 @@ def _parse(signature: bytes | str) -> tuple[cms.SignerInfo, list]:
         encap = signed_data["encap_content_info"]
         if encap["content_type"].native != "data":
             raise SignatureMalformed("signed content type is not id-data")
-        if encap["content"].native is not None:
+        if not isinstance(encap["content"], core.Void):
             raise SignatureMalformed("signature is not detached")
         signer_infos = list(signed_data["signer_infos"])
         if len(signer_infos) != 1:
             raise SignatureMalformed("signature must have exactly one signer")
-        signer_info = signer_infos[0]
-        included = signed_data["certificates"]
-        certificates = [] if isinstance(included, core.Void) else [
-            choice.chosen for choice in included if choice.name == "certificate"
-        ]
-        # Touch every field used later so a parse error surfaces here, as a 400.
-        signer_info["digest_algorithm"]["algorithm"].native
-        signer_info["signature_algorithm"]["algorithm"].native
-        signer_info["signature_algorithm"]["parameters"].native
-        signer_info["signed_attrs"].native
-        signer_info["sid"].native
-        signer_info["signature"].native
-        for certificate in certificates:
-            certificate.issuer.native, certificate.serial_number, certificate.key_identifier
-            certificate.public_key["public_key"].native
-    except SignatureMalformed:
+        info = signer_infos[0]
+
+        algorithm = info["signature_algorithm"]
+        oid = algorithm["algorithm"].native
+        try:
+            kind = algorithm.signature_algo
+        except ValueError:
+            kind = None
+        signed_attrs = info["signed_attrs"]
+        content_types: list[list[str]] = []
+        message_digests: list[list[bytes]] = []
+        if not isinstance(signed_attrs, core.Void):
+            for attribute in signed_attrs:
+                name = attribute["type"].native
+                if name == "content_type":
+                    content_types.append([value.native for value in attribute["values"]])
+                elif name == "message_digest":
+                    message_digests.append([value.native for value in attribute["values"]])
+        return _SignerInfo(
+            digest_name=info["digest_algorithm"]["algorithm"].native,
+            signature_kind=kind,
+            signature_oid=oid,
+            pss=_read_pss(algorithm["parameters"]) if kind == "rsassa_pss" else None,
+            signature=info["signature"].native,
+            signed_attrs_der=None if isinstance(signed_attrs, core.Void) else signed_attrs.dump(),
+            content_types=content_types,
+            message_digests=message_digests,
+            certificate_der=_find_signer(info["sid"], signed_data["certificates"]),
+        )
+    except (SignatureMalformed, SignatureInvalid):
         raise
     except Exception as exc:  # asn1crypto raises ValueError, TypeError, KeyError, ... on junk
         raise SignatureMalformed("signature is not a valid DER CMS structure") from exc
-    return signer_info, certificates
 
 
-def _name_of(oid) -> str:
-    # asn1crypto gives a dotted string for OIDs it has no name for.
-    return oid.native
+def _read_pss(params) -> _Pss:
+    # RFC 4055: absent parameters mean SHA-1, MGF1 with SHA-1, salt 20, trailer 1.
+    if isinstance(params, core.Void):
+        params = algos.RSASSAPSSParams()
+    mgf = params["mask_gen_algorithm"]
+    return _Pss(
+        hash_name=params["hash_algorithm"]["algorithm"].native,
+        mgf_name=mgf["algorithm"].native,
+        mgf_hash_name=mgf["parameters"]["algorithm"].native,
+        salt_length=params["salt_length"].native,
+        trailer_field=int(params["trailer_field"]),
+    )
 
 
-def _hash_class(digest_name: str) -> type[hashes.HashAlgorithm]:
-    try:
-        return _HASHES[digest_name]
-    except KeyError:
-        raise SignatureInvalid(f"unsupported digest algorithm {digest_name}") from None
-
-
-def _check_signed_attributes(signed_attrs, body: bytes, digest_name: str) -> None:
-    by_type: dict[str, list] = {}
-    for attribute in signed_attrs:
-        by_type.setdefault(attribute["type"].native, []).append(attribute["values"])
-
-    # RFC 5652 11.1 / 11.2: each must appear exactly once with exactly one value.
-    content_types = by_type.get("content_type", [])
-    if len(content_types) != 1 or len(content_types[0]) != 1:
-        raise SignatureMalformed("signed attributes need exactly one content-type")
-    if content_types[0][0].native != "data":
-        raise SignatureMalformed("signed content-type attribute is not id-data")
-
-    digests = by_type.get("message_digest", [])
-    if len(digests) != 1 or len(digests[0]) != 1:
-        raise SignatureMalformed("signed attributes need exactly one message-digest")
-    claimed = digests[0][0].native
-    actual = hashlib.new(digest_name, body).digest()
-    # The check that binds the signature to this body; constant-time so a forger learns nothing.
-    if not hmac.compare_digest(claimed, actual):
-        raise SignatureInvalid("message digest does not match the body")
-
-
-def _find_signer(sid: cms.SignerIdentifier, certificates: list):
+def _find_signer(sid: cms.SignerIdentifier, included) -> bytes:
+    """DER of the included certificate the SignerInfo names (RFC 5652 5.3)."""
+    certificates = [] if isinstance(included, core.Void) else [
+        choice.chosen for choice in included if choice.name == "certificate"
+    ]
     if sid.name == "issuer_and_serial_number":
         issuer = sid.chosen["issuer"]
         serial = sid.chosen["serial_number"].native
+        issuer_der = issuer.dump()
         for certificate in certificates:
-            if certificate.serial_number == serial and certificate.issuer == issuer:
-                return certificate
+            tbs = certificate["tbs_certificate"]
+            if tbs["serial_number"].native != serial:
+                continue
+            # Byte equality is the common case and cheap; Name equality also allows
+            # differently encoded but equal names (RFC 5280 7.1 comparison).
+            if tbs["issuer"].dump() == issuer_der or tbs["issuer"] == issuer:
+                return certificate.dump()
     else:
         key_id = sid.chosen.native
         for certificate in certificates:
             if _key_identifier(certificate) == key_id:
-                return certificate
+                return certificate.dump()
     raise SignatureInvalid("signer certificate is not included in the signature")
 
 
@@ -175,26 +202,45 @@ def _key_identifier(certificate) -> bytes:
     return hashlib.sha1(certificate.public_key["public_key"].contents[1:]).digest()
 
 
-def _verify(certificate: x509.Certificate, signer_info, signed_bytes: bytes, hash_cls) -> None:
-    algorithm = signer_info["signature_algorithm"]
-    signature = signer_info["signature"].native
+def _hash_class(digest_name: str) -> type[hashes.HashAlgorithm]:
+    try:
+        return _HASHES[digest_name]
+    except KeyError:
+        raise SignatureInvalid(f"unsupported digest algorithm {digest_name}") from None
+
+
+def _check_signed_attributes(signer: _SignerInfo, body: bytes) -> None:
+    # RFC 5652 11.1 / 11.2: each must appear exactly once, with exactly one value.
+    if len(signer.content_types) != 1 or len(signer.content_types[0]) != 1:
+        raise SignatureMalformed("signed attributes need exactly one content-type")
+    if signer.content_types[0][0] != "data":
+        raise SignatureMalformed("signed content-type attribute is not id-data")
+    if len(signer.message_digests) != 1 or len(signer.message_digests[0]) != 1:
+        raise SignatureMalformed("signed attributes need exactly one message-digest")
+    claimed = signer.message_digests[0][0]
+    actual = hashlib.new(signer.digest_name, body).digest()
+    # The check that binds the signature to this body; constant-time so a forger learns nothing.
+    if not hmac.compare_digest(claimed, actual):
+        raise SignatureInvalid("message digest does not match the body")
+
+
+def _verify(certificate: x509.Certificate, signer: _SignerInfo, signed_bytes: bytes, hash_cls) -> None:
     try:
         public_key = certificate.public_key()
     except (ValueError, UnsupportedAlgorithm) as exc:
         raise SignatureInvalid("signer certificate has an unsupported public key") from exc
-    try:
-        kind = algorithm.signature_algo
-    except ValueError:
-        raise SignatureInvalid(f"unsupported signature algorithm {algorithm['algorithm'].native}") from None
+    kind = signer.signature_kind
+    if kind is None:
+        raise SignatureInvalid(f"unsupported signature algorithm {signer.signature_oid}")
 
     try:
         if kind == "rsassa_pkcs1v15" and isinstance(public_key, rsa.RSAPublicKey):
-            public_key.verify(signature, signed_bytes, padding.PKCS1v15(), hash_cls())
+            public_key.verify(signer.signature, signed_bytes, padding.PKCS1v15(), hash_cls())
         elif kind == "rsassa_pss" and isinstance(public_key, rsa.RSAPublicKey):
-            pss, pss_hash = _pss_padding(algorithm["parameters"])
-            public_key.verify(signature, signed_bytes, pss, pss_hash)
+            pss, pss_hash = _pss_padding(signer.pss)
+            public_key.verify(signer.signature, signed_bytes, pss, pss_hash)
         elif kind == "ecdsa" and isinstance(public_key, ec.EllipticCurvePublicKey):
-            public_key.verify(signature, signed_bytes, ec.ECDSA(hash_cls()))
+            public_key.verify(signer.signature, signed_bytes, ec.ECDSA(hash_cls()))
         else:
             raise SignatureInvalid(f"signature algorithm {kind} does not fit the signer's key")
     except InvalidSignature:
@@ -203,16 +249,12 @@ def _verify(certificate: x509.Certificate, signer_info, signed_bytes: bytes, has
         raise SignatureInvalid(f"signature cannot be checked: {exc}") from None
 
 
-def _pss_padding(params) -> tuple[padding.PSS, hashes.HashAlgorithm]:
-    # RFC 4055: absent fields mean SHA-1, MGF1 with SHA-1, salt 20, trailer 1.
-    if isinstance(params, core.Void):
-        params = algos.RSASSAPSSParams()
-    hash_cls = _hash_class(params["hash_algorithm"]["algorithm"].native)
-    mgf = params["mask_gen_algorithm"]
-    if mgf["algorithm"].native != "mgf1":
+def _pss_padding(pss: _Pss) -> tuple[padding.PSS, hashes.HashAlgorithm]:
+    if pss.mgf_name != "mgf1":
         raise SignatureInvalid("RSA-PSS mask generation function is not MGF1")
-    mgf_hash_cls = _hash_class(mgf["parameters"]["algorithm"].native)
-    if params["trailer_field"].native != "trailer_field_bc":
+    if pss.trailer_field != 1:
         raise SignatureInvalid("RSA-PSS trailer field is not 1")
-    salt_length = params["salt_length"].native
-    return padding.PSS(mgf=padding.MGF1(mgf_hash_cls()), salt_length=salt_length), hash_cls()
+    if pss.salt_length < 0:
+        raise SignatureInvalid("RSA-PSS salt length is negative")
+    mgf = padding.MGF1(_hash_class(pss.mgf_hash_name)())
+    return padding.PSS(mgf=mgf, salt_length=pss.salt_length), _hash_class(pss.hash_name)()

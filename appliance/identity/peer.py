@@ -19,6 +19,7 @@ from urllib.parse import unquote
 
 from cryptography import x509
 
+from appliance.identity.certificate import load_der, load_pem
 from appliance.identity.errors import CertificateHeaderMalformed
 
 # One certificate, even with a long chain of extensions, stays far below this.
@@ -44,7 +45,7 @@ def parse_client_cert_header(value: str | bytes) -> x509.Certificate:
     if _PEM_BEGIN in text:
         try:
             # The first certificate is the client's; proxies that append the chain put it after.
-            return x509.load_pem_x509_certificate(text[text.index(_PEM_BEGIN):].encode("ascii"))
+            return load_pem(text[text.index(_PEM_BEGIN):].encode("ascii"))
         except (ValueError, UnicodeEncodeError) as exc:
             raise CertificateHeaderMalformed("client certificate header is not a valid PEM certificate") from exc
     return _load_der(_b64(text))
@@ -59,7 +60,7 @@ def _b64(text: str) -> bytes:
 
 def _load_der(der: bytes) -> x509.Certificate:
     try:
-        return x509.load_der_x509_certificate(der)
+        return load_der(der)
     except ValueError as exc:
         raise CertificateHeaderMalformed("client certificate header is not a DER certificate") from exc
 

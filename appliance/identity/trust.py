@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 
+from appliance.identity.certificate import decode_all
 from appliance.identity.errors import UntrustedCertificate
 
 
@@ -32,18 +33,23 @@ class TrustAnchors:
         """Raise UntrustedCertificate unless `cert` is a non-CA certificate issued by an anchor
         and inside its validity period widened by the clock skew on both ends."""
         now = now or dt.datetime.now(dt.timezone.utc)
+        # cryptography decodes names and extensions lazily: read everything callers (binding,
+        # logging) will touch now, so a certificate that fails later cannot turn into a 500.
         try:
+            decode_all(cert)
             is_ca = _is_ca(cert)
-        except ValueError:  # duplicate or undecodable extensions
-            raise UntrustedCertificate("certificate extensions cannot be parsed") from None
+        except Exception:  # ValueError, TypeError, DuplicateExtension, ... from cryptography
+            raise UntrustedCertificate("certificate cannot be decoded") from None
+        issuer = cert.issuer
+        not_before, not_after = cert.not_valid_before_utc, cert.not_valid_after_utc
         if is_ca:
             raise UntrustedCertificate("a CA certificate is not a device identity")
-        if now + self.clock_skew < cert.not_valid_before_utc:
+        if now + self.clock_skew < not_before:
             raise UntrustedCertificate("certificate is not yet valid")
-        if now - self.clock_skew > cert.not_valid_after_utc:
+        if now - self.clock_skew > not_after:
             raise UntrustedCertificate("certificate has expired")
 
-        candidates = self._by_subject.get(cert.issuer, [])
+        candidates = self._by_subject.get(issuer, [])
         if not candidates:
             raise UntrustedCertificate("certificate is not issued by a trusted CA")
         for ca in candidates:  # several when a CA was renewed under the same name

@@ -28,6 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from appliance.config import Config, ConfigError
+from appliance.identity.certificate import load_der
 from appliance.identity.cms import verify_detached_signature
 from appliance.identity.errors import IdentityError, NoDeviceIdentity
 from appliance.identity.peer import is_trusted_proxy, parse_client_cert_header
@@ -80,7 +81,7 @@ class DeviceIdentification:
         elif tls_cert_der is not None:
             source = "tls"
             try:
-                certificate = x509.load_der_x509_certificate(tls_cert_der)
+                certificate = load_der(tls_cert_der)
             except ValueError:  # OpenSSL accepted it, so this should not happen; refuse anyway
                 raise NoDeviceIdentity("TLS client certificate cannot be read") from None
         elif proxy_cert is not None and self.cert_header is not None:
@@ -103,7 +104,7 @@ def load_ca_file(path: Path, source: Path | None = None) -> list[x509.Certificat
         if b"-----BEGIN" in data:
             return x509.load_pem_x509_certificates(data)
         return [x509.load_der_x509_certificate(data)]
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):
         raise ConfigError(source, [f"identity.trusted_ca_files: {path} holds no readable certificate"]) from None
 
 

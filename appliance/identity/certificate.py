@@ -1,0 +1,45 @@
+"""Loading certificates that arrive from devices or proxies, strictly.
+
+cryptography still loads a few RFC 5280 violations (a serial number that is not positive) with a
+deprecation warning that a future release turns into an error. We refuse them now, so the answer
+does not change with an upgrade (and so a warnings filter can never turn one into a 500).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+from cryptography import x509
+from cryptography.utils import CryptographyDeprecationWarning
+
+
+def load_der(der: bytes) -> x509.Certificate:
+    """The certificate in `der`, or ValueError if cryptography cannot or should not load it."""
+    return _strict(x509.load_der_x509_certificate, der)
+
+
+def load_pem(pem: bytes) -> x509.Certificate:
+    """The first certificate in `pem`, or ValueError (as load_der)."""
+    return _strict(x509.load_pem_x509_certificate, pem)
+
+
+def _strict(loader, data: bytes) -> x509.Certificate:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CryptographyDeprecationWarning)
+        try:
+            certificate = loader(data)
+            decode_all(certificate)
+        except ValueError:
+            raise
+        except Exception as exc:  # InvalidVersion, TypeError on odd names, the deprecation warning...
+            raise ValueError(f"not a valid certificate: {exc!r}") from None
+    return certificate
+
+
+def decode_all(certificate: x509.Certificate) -> None:
+    """Decode the fields cryptography decodes lazily, so that a failure happens here and not in
+    whatever code reads them later (binding, logging)."""
+    certificate.serial_number  # the deprecation warning is raised on first read
+    certificate.issuer, certificate.subject
+    certificate.not_valid_before_utc, certificate.not_valid_after_utc
+    list(certificate.extensions)

@@ -122,7 +122,7 @@ class WebhookWorker:
                 delay = backoff(row["attempts"] + 1, self.config.retry_initial, self.config.retry_max)
                 failures.append((row["id"], to_text(now() + timedelta(seconds=delay)), error))
                 self.runtime.metrics.webhook_deliveries.labels("failed").inc()
-                log.info("webhook_delivery_failed", event=row["id"], topic=row["topic"],
+                log.info("webhook_delivery_failed", outbox_id=row["id"], topic=row["topic"],
                          enrollment_id=row["enrollment_id"], attempts=row["attempts"] + 1, error=error,
                          retry_in_seconds=f"{delay:.1f}")
 
@@ -143,6 +143,9 @@ class WebhookWorker:
             return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         except ssl.SSLError as exc:
             return f"TLS: {exc.reason or exc}"
+        except Exception as exc:  # whatever a receiver does must not take the appliance down; retried
+            log.exception("webhook_post_crashed", outbox_id=row["id"], error=repr(exc))
+            return f"{type(exc).__name__}: {exc}"
         if 200 <= response.status_code < 300:
             return None
         return f"HTTP {response.status_code}"

@@ -176,6 +176,31 @@ class IdentityConfig(Section):
                 raise ValueError(f"{item!r} is not an IP address or CIDR network") from None
         return value
 
+    @field_validator("trusted_ca_files")
+    @classmethod
+    def _ca_certificates(cls, value: list[Path]) -> list[Path]:
+        from appliance.identity.certificate import load_ca_certificates
+
+        for path in value:
+            try:
+                load_ca_certificates(path.read_bytes())
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"{path}: {exc}") from None
+        return value
+
+    @field_validator("cert_header")
+    @classmethod
+    def _header_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", value):
+            raise ValueError("expected an HTTP header name, e.g. \"Client-Cert\" or \"X-SSL-Client-Cert\"")
+        return value
+
+    @model_validator(mode="after")
+    def _proxies_for_header(self) -> IdentityConfig:
+        if self.cert_header and not self.trusted_proxies:
+            raise ValueError("cert_header is only read from trusted_proxies: list the proxy addresses too")
+        return self
+
 
 class CheckinConfig(Section):
     user_authenticate: Literal["decline", "accept"] = "decline"

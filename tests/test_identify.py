@@ -14,6 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from quart import request
 
+from appliance.config import ConfigError, parse_config
 from appliance.identity.errors import IdentityError
 from appliance.supervisor import hypercorn_config
 from appliance.web import tls_peer
@@ -227,3 +228,31 @@ async def test_device_listener_asks_for_client_certificates(probe_server, tmp_pa
     async with client(server, tmp_path, stranger) as http:
         with pytest.raises(httpx.TransportError):
             await http.get(server.base_url + "/health")
+
+
+def identity_config(tmp_path, **identity):
+    return parse_config({"server": {"public_url": "https://mdm.example.org"}, "identity": identity}, base_dir=tmp_path)
+
+
+def test_config_accepts_ca_bundle(tmp_path, site_ca):
+    (tmp_path / "cas.pem").write_bytes(site_ca.pem + make_ca("Second CA").pem)
+    config = identity_config(tmp_path, trusted_ca_files=["cas.pem"])
+    assert config.identity.trusted_ca_files == [tmp_path / "cas.pem"]
+
+
+@pytest.mark.parametrize(
+    ("identity", "problem"),
+    [
+        ({"trusted_ca_files": ["garbage.pem"]}, "no readable certificate"),
+        ({"trusted_ca_files": ["device.pem"]}, "not a CA certificate"),
+        ({"cert_header": "X-Client-Cert"}, "trusted_proxies"),
+        ({"cert_header": "X Client Cert", "trusted_proxies": ["127.0.0.1"]}, "HTTP header name"),
+        ({"trusted_proxies": ["proxy.example.org"]}, "not an IP address"),
+    ],
+)
+def test_config_refuses_bad_identity_settings(tmp_path, site_device, identity, problem):
+    (tmp_path / "garbage.pem").write_text("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+    (tmp_path / "device.pem").write_bytes(site_device.pem)
+    with pytest.raises(ConfigError) as info:
+        identity_config(tmp_path, **identity)
+    assert problem in "; ".join(info.value.problems)

@@ -43,3 +43,23 @@ def decode_all(certificate: x509.Certificate) -> None:
     certificate.issuer, certificate.subject
     certificate.not_valid_before_utc, certificate.not_valid_after_utc
     list(certificate.extensions)
+
+
+def load_ca_certificates(data: bytes) -> list[x509.Certificate]:
+    """Every certificate in a PEM bundle (or the one in a DER file), each one a CA that may
+    issue device identities; ValueError saying what is wrong otherwise."""
+    try:
+        if b"-----BEGIN" in data:
+            certificates = x509.load_pem_x509_certificates(data)
+        else:
+            certificates = [x509.load_der_x509_certificate(data)]
+    except ValueError:
+        raise ValueError("holds no readable certificate (expected PEM or DER)") from None
+    for certificate in certificates:
+        try:
+            constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints).value
+        except x509.ExtensionNotFound:
+            continue  # old v1 roots carry no extensions at all
+        if not constraints.ca:
+            raise ValueError(f"{certificate.subject.rfc4514_string()} is not a CA certificate")
+    return certificates

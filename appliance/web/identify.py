@@ -28,7 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from appliance.config import Config, ConfigError
-from appliance.identity.certificate import load_der
+from appliance.identity.certificate import load_ca_certificates, load_der
 from appliance.identity.cms import verify_detached_signature
 from appliance.identity.errors import IdentityError, NoDeviceIdentity
 from appliance.identity.peer import is_trusted_proxy, parse_client_cert_header
@@ -95,17 +95,13 @@ class DeviceIdentification:
 
 
 def load_ca_file(path: Path, source: Path | None = None) -> list[x509.Certificate]:
-    """Every certificate in a PEM file (or the one in a DER file); a ConfigError if there is none."""
+    """The CA certificates in a PEM (or DER) file; a ConfigError if unreadable or not CAs."""
     try:
-        data = path.read_bytes()
+        return load_ca_certificates(path.read_bytes())
     except OSError as exc:
         raise ConfigError(source, [f"identity.trusted_ca_files: cannot read {path}: {exc.strerror or exc}"]) from None
-    try:
-        if b"-----BEGIN" in data:
-            return x509.load_pem_x509_certificates(data)
-        return [x509.load_der_x509_certificate(data)]
-    except (ValueError, x509.InvalidVersion):
-        raise ConfigError(source, [f"identity.trusted_ca_files: {path} holds no readable certificate"]) from None
+    except ValueError as exc:
+        raise ConfigError(source, [f"identity.trusted_ca_files: {path}: {exc}"]) from None
 
 
 def device_certificate(request, body: bytes) -> x509.Certificate:

@@ -10,6 +10,7 @@ import pytest
 
 from appliance.config import ConfigError, load_config
 from tests.harness import write_toml
+from tests.identity_pki import make_ca
 
 
 def problems_of(path: Path) -> list[str]:
@@ -69,7 +70,7 @@ def test_not_toml_and_unreadable_file(tmp_path):
 def test_relative_paths_resolve_against_the_files_folder_and_units_parse(tmp_path):
     folder = tmp_path / "etc"
     folder.mkdir()
-    (folder / "extra-ca.pem").write_text("pem")
+    (folder / "extra-ca.pem").write_bytes(make_ca("Extra CA").pem)  # contents are validated too
     path = write_toml(folder / "appliance.toml", {
         "server": {"public_url": "https://mdm.example.org", "max_body_size": "1MiB", "shutdown_grace": "2m"},
         "storage": {"data_dir": "state"},

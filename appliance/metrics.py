@@ -47,6 +47,10 @@ class Metrics:
             "mdm_device_requests_refused_total", "Device requests refused before any change, by HTTP status.",
             ["status"], registry=r,
         )
+        self.device_identity = Counter(
+            "mdm_device_identity_total", "Device request identification by source (signature, tls, proxy, "
+            "none) and outcome (ok or the IdentityError class).", ["source", "outcome"], registry=r,
+        )
         self.up_since = Gauge("mdm_start_time_seconds", "When this process started (UNIX time).", registry=r)
         # APNs (appliance/push/scheduler.py)
         self.pushes = Counter(

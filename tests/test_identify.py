@@ -162,6 +162,8 @@ async def test_tls_client_certificate(probe_server, tmp_path, site_device):
         async with client(server, tmp_path, identity) as http:
             answer = await http.put(url, content=BODY)
         assert (answer.status_code, answer.text) == (200, fingerprint(identity))
+    registry = server.runtime.metrics.registry
+    assert registry.get_sample_value("mdm_device_identity_total", {"source": "tls", "outcome": "ok"}) == 2
 
 
 async def test_signature_wins_over_tls_certificate(probe_server, tmp_path, site_device):
@@ -179,6 +181,8 @@ async def test_no_identity_is_403(probe_server, tmp_path):
         answer = await http.put(url, content=BODY)
     assert answer.status_code == 403
     assert "no device identity" in answer.text
+    registry = server.runtime.metrics.registry
+    assert registry.get_sample_value("mdm_device_identity_total", {"source": "none", "outcome": "NoDeviceIdentity"}) == 1
 
 
 @pytest.mark.parametrize("form", ["rfc9440", "nginx"])

@@ -65,6 +65,16 @@ class DeviceIdentification:
         """The CAs a TLS client certificate may come from, for the listener's verify locations."""
         return b"".join(ca.public_bytes(serialization.Encoding.PEM) for ca in self.ca_certificates)
 
+    def source_of(self, *, signature: str | None, tls_cert_der: bytes | None, proxy_cert: str | None) -> str:
+        """Which identity source a request uses: "signature", "tls", "proxy" or "none"."""
+        if signature is not None:
+            return "signature"
+        if tls_cert_der is not None:
+            return "tls"
+        if proxy_cert is not None and self.cert_header is not None:
+            return "proxy"
+        return "none"
+
     def identify(
         self,
         *,
@@ -74,24 +84,24 @@ class DeviceIdentification:
         proxy_cert: str | None,
         peer_addr: str | None,
         now: dt.datetime | None = None,
-    ) -> tuple[str, x509.Certificate]:
-        """(source, certificate) of a trusted device identity, or an IdentityError."""
-        if signature is not None:
-            source, certificate = "signature", verify_detached_signature(signature, body)
-        elif tls_cert_der is not None:
-            source = "tls"
+    ) -> x509.Certificate:
+        """The certificate of a trusted device identity, or an IdentityError."""
+        source = self.source_of(signature=signature, tls_cert_der=tls_cert_der, proxy_cert=proxy_cert)
+        if source == "signature":
+            certificate = verify_detached_signature(signature, body)
+        elif source == "tls":
             try:
                 certificate = load_der(tls_cert_der)
             except ValueError:  # OpenSSL accepted it, so this should not happen; refuse anyway
                 raise NoDeviceIdentity("TLS client certificate cannot be read") from None
-        elif proxy_cert is not None and self.cert_header is not None:
+        elif source == "proxy":
             if not is_trusted_proxy(peer_addr, self.trusted_proxies):
                 raise NoDeviceIdentity(f"{self.cert_header} header is accepted only from a trusted proxy")
-            source, certificate = "proxy", parse_client_cert_header(proxy_cert)
+            certificate = parse_client_cert_header(proxy_cert)
         else:
             raise NoDeviceIdentity("no device identity: send Mdm-Signature or a TLS client certificate")
         self.anchors.check(certificate, now)
-        return source, certificate
+        return certificate
 
 
 def load_ca_file(path: Path, source: Path | None = None) -> list[x509.Certificate]:
@@ -112,22 +122,24 @@ def device_certificate(request, body: bytes) -> x509.Certificate:
     the refusal is logged here with its details."""
     from appliance.web.app import runtime  # app imports the blueprints that import us
 
-    identification: DeviceIdentification = runtime().trust
+    rt = runtime()
+    identification: DeviceIdentification = rt.trust
     scope = request.scope
-    header = identification.cert_header
     client = scope.get("client")
     peer_addr = client[0] if client else None
+    sources = {
+        "signature": request.headers.get(SIGNATURE_HEADER),
+        "tls_cert_der": client_cert_der(scope),
+        "proxy_cert": request.headers.get(identification.cert_header) if identification.cert_header else None,
+    }
+    source = identification.source_of(**sources)
     try:
-        source, certificate = identification.identify(
-            body=body,
-            signature=request.headers.get(SIGNATURE_HEADER),
-            tls_cert_der=client_cert_der(scope),
-            proxy_cert=request.headers.get(header) if header else None,
-            peer_addr=peer_addr,
-        )
+        certificate = identification.identify(body=body, peer_addr=peer_addr, **sources)
     except IdentityError as exc:
+        rt.metrics.device_identity.labels(source, type(exc).__name__).inc()
         log.warning(
             "device_identity_refused",
+            source=source,
             status=exc.status,
             reason=exc.reason,
             error=type(exc).__name__,
@@ -136,6 +148,8 @@ def device_certificate(request, body: bytes) -> x509.Certificate:
             path=request.path,
         )
         raise
-    request_fingerprint = hashlib.sha256(certificate.public_bytes(serialization.Encoding.DER)).hexdigest()
-    log.debug("device_identity", source=source, cert_sha256=request_fingerprint, peer=peer_addr)
+    rt.metrics.device_identity.labels(source, "ok").inc()
+    if log.is_enabled("debug"):
+        fingerprint = hashlib.sha256(certificate.public_bytes(serialization.Encoding.DER)).hexdigest()
+        log.debug("device_identity", source=source, cert_sha256=fingerprint, peer=peer_addr)
     return certificate

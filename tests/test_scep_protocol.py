@@ -133,6 +133,40 @@ def test_unsupported_content_cipher_is_bad_alg():
     assert err.value.fail_info == scep.FailInfo.BAD_ALG
 
 
+def test_ber_constructed_encrypted_content_is_read():
+    """Go's pkcs7 (micromdm/scep) writes encryptedContent [0] as a constructed string."""
+    from asn1crypto import cms, core
+
+    envelope = cms.ContentInfo.load(client.envelope(REQUESTER.csr_der, CA_CERT, "des"))
+    eci = envelope["content"]["encrypted_content_info"]
+    ciphertext = eci["encrypted_content"].native
+    chunks = b"".join(core.OctetString(ciphertext[i:i + 64]).dump() for i in range(0, len(ciphertext), 64))
+    constructed = core.Asn1Value(class_="context", tag=0, contents=chunks)
+    constructed.method = 1
+    body = eci["content_type"].dump() + eci["content_encryption_algorithm"].dump() + constructed.dump()
+    eci_der = core.Asn1Value(class_="universal", tag=16, contents=body)
+    eci_der.method = 1
+    enveloped = envelope["content"]
+    go_style = (enveloped["version"].dump() + enveloped["recipient_infos"].dump() + eci_der.dump())
+    seq = core.Asn1Value(class_="universal", tag=16, contents=go_style)
+    seq.method = 1
+    info = cms.ContentInfo({"content_type": "enveloped_data", "content": cms.EnvelopedData.load(seq.dump())})
+    der = client.sign_pki_message(info.dump(), message_type=19, transaction_id="T-go",
+                                  sender_nonce=b"n" * 16, cert=REQUESTER.self_signed, key=REQUESTER.key)
+    message = scep.parse_pki_message(der)
+    assert scep.open_envelope(message, CA_CERT, CA_KEY) == REQUESTER.csr_der
+
+
+def test_short_rsa_keys_are_bad_alg():
+    from cryptography.hazmat.primitives.asymmetric import rsa as rsa_keys
+
+    weak = client.Requester(challenge="x", key=rsa_keys.generate_private_key(65537, 1024))
+    message = scep.parse_pki_message(client.pkcs_req(weak, CA_CERT).der)
+    with pytest.raises(scep.ScepError) as err:
+        scep.parse_certification_request(scep.open_envelope(message, CA_CERT, CA_KEY), message)
+    assert err.value.fail_info == scep.FailInfo.BAD_ALG
+
+
 def test_csr_without_challenge_has_none():
     requester = client.Requester(challenge=None)
     request = client.pkcs_req(requester, CA_CERT)
@@ -189,7 +223,7 @@ def test_degenerate_pkcs7_is_readable_by_openssl():
 _VALID = client.pkcs_req(REQUESTER, CA_CERT).der
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.integers(0, len(_VALID) - 1), st.integers(1, 255), st.integers(0, len(_VALID)))
 def test_corrupted_messages_only_ever_raise_scep_error(position, xor, cut):
     data = bytearray(_VALID)
@@ -201,3 +235,20 @@ def test_corrupted_messages_only_ever_raise_scep_error(position, xor, cut):
             scep.parse_certification_request(content, message)
         except scep.ScepError:
             pass
+
+
+_ENVELOPE = client.envelope(REQUESTER.csr_der, CA_CERT, "aes128")
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, len(_ENVELOPE) - 1), st.integers(1, 255))
+def test_corrupted_envelopes_inside_valid_signatures_only_raise_scep_error(position, xor):
+    data = bytearray(_ENVELOPE)
+    data[position] ^= xor
+    der = client.sign_pki_message(bytes(data), message_type=19, transaction_id="T-fuzz",
+                                  sender_nonce=b"n" * 16, cert=REQUESTER.self_signed, key=REQUESTER.key)
+    try:
+        message = scep.parse_pki_message(der)
+        scep.parse_certification_request(scep.open_envelope(message, CA_CERT, CA_KEY), message)
+    except scep.ScepError as exc:
+        assert exc.answerable  # the signature was good: the transaction can always be answered

@@ -15,9 +15,9 @@ import hmac
 import os
 from dataclasses import dataclass, field
 
-from asn1crypto import algos, cms, core, csr as asn1_csr, x509 as asn1_x509
+from asn1crypto import algos, cms, core, csr as asn1_csr, parser, x509 as asn1_x509
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives import hashes, padding as sym_padding
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
@@ -44,6 +44,11 @@ CA_CAPABILITIES = (
     "Renewal",
 )
 
+# What parsing hostile DER can raise, besides our own ScepError.
+_PARSE_ERRORS = (ValueError, TypeError, KeyError, IndexError, OverflowError, UnsupportedAlgorithm,
+                 x509.InvalidVersion)
+
+MIN_RSA_BITS = 2048
 MAX_TRANSACTION_ID = 256  # printable string; real clients send 20-64 characters
 
 
@@ -150,7 +155,7 @@ def parse_pki_message(der: bytes) -> PkiMessage:
         content = encap["content"].native if encap["content"].native is not None else None
     except ScepError:
         raise
-    except (ValueError, TypeError, KeyError, IndexError, OverflowError) as exc:
+    except _PARSE_ERRORS as exc:
         raise ScepError(f"malformed PKIMessage: {_short(exc)}", FailInfo.BAD_REQUEST) from None
 
     if not transaction_id or len(transaction_id) > MAX_TRANSACTION_ID:
@@ -167,6 +172,16 @@ def parse_pki_message(der: bytes) -> PkiMessage:
         envelope=None,
     )
     # From here on the transaction is known: refusals are answered with a CertRep FAILURE.
+    try:
+        _check_request(message, signer_info, signed_attrs, content)
+    except _PARSE_ERRORS as exc:  # asn1crypto parses lazily: junk deeper inside surfaces here
+        raise ScepError(f"malformed PKIMessage: {_short(exc)}", FailInfo.BAD_REQUEST, message) from None
+    return message
+
+
+def _check_request(message: PkiMessage, signer_info, signed_attrs, content: bytes | None) -> None:
+    digest_algorithm, signer_cert, message_type = (
+        message.digest_algorithm, message.signer_certificate, message.message_type)
     if digest_algorithm not in _HASHES:
         raise ScepError(f"unsupported digest {digest_algorithm}", FailInfo.BAD_ALG, message)
     if not isinstance(signer_cert.public_key(), rsa.RSAPublicKey):
@@ -185,12 +200,11 @@ def parse_pki_message(der: bytes) -> PkiMessage:
             message.envelope = envelope_info["content"]
             message.content_encryption = message.envelope["encrypted_content_info"][
                 "content_encryption_algorithm"]["algorithm"].native
-        except (ValueError, TypeError, KeyError) as exc:
+        except _PARSE_ERRORS as exc:
             raise ScepError(f"malformed pkcsPKIEnvelope: {_short(exc)}",
                             FailInfo.BAD_REQUEST, message) from None
     elif message_type not in (MessageType.GET_CRL,):
         raise ScepError(f"unknown messageType {message_type}", FailInfo.BAD_REQUEST, message)
-    return message
 
 
 def _short(exc: Exception) -> str:
@@ -304,6 +318,14 @@ def _cipher(name: str, key: bytes, iv: bytes) -> Cipher:
 def open_envelope(message: PkiMessage, ca_certificate: x509.Certificate,
                   ca_key: rsa.RSAPrivateKey) -> bytes:
     """Decrypt the pkcsPKIEnvelope addressed to our CA certificate; return its content."""
+    try:
+        return _open_envelope(message, ca_certificate, ca_key)
+    except _PARSE_ERRORS as exc:
+        raise ScepError(f"malformed envelope: {_short(exc)}", FailInfo.BAD_REQUEST, message) from None
+
+
+def _open_envelope(message: PkiMessage, ca_certificate: x509.Certificate,
+                   ca_key: rsa.RSAPrivateKey) -> bytes:
     envelope = message.envelope
     if envelope is None:
         raise ScepError("no pkcsPKIEnvelope", FailInfo.BAD_REQUEST, message)
@@ -314,9 +336,9 @@ def open_envelope(message: PkiMessage, ca_certificate: x509.Certificate,
         raise ScepError(f"unsupported content encryption {name}", FailInfo.BAD_ALG, message)
     try:
         iv = algo["parameters"].native
-        ciphertext = eci["encrypted_content"].native
+        ciphertext = _encrypted_content(eci)
         candidates = _our_recipients(envelope, ca_certificate)
-    except (ValueError, TypeError, KeyError) as exc:
+    except _PARSE_ERRORS as exc:
         raise ScepError(f"malformed envelope: {_short(exc)}", FailInfo.BAD_REQUEST, message) from None
     if not candidates:
         raise ScepError("envelope is not addressed to this CA", FailInfo.BAD_MESSAGE_CHECK, message)
@@ -336,6 +358,40 @@ def open_envelope(message: PkiMessage, ca_certificate: x509.Certificate,
         except ValueError:
             continue  # one failure reason for every step: no padding oracle by message
     raise ScepError("envelope does not decrypt with the CA key", FailInfo.BAD_MESSAGE_CHECK, message)
+
+
+def _encrypted_content(eci: cms.EncryptedContentInfo) -> bytes:
+    """The ciphertext, primitive or BER-constructed.
+
+    Go's pkcs7 (micromdm/scep's client) writes encryptedContent [0] as a definite-length
+    constructed string holding OCTET STRINGs, which asn1crypto only accepts in indefinite form.
+    """
+    rest = eci.contents
+    while rest:
+        size = parser.peek(rest)
+        class_, method, tag, _, contents, _ = parser.parse(rest[:size])
+        rest = rest[size:]
+        if class_ == 2 and tag == 0:
+            return _string_octets(contents, method == 1)
+    return b""
+
+
+def _string_octets(contents: bytes, constructed: bool, depth: int = 0) -> bytes:
+    if not constructed:
+        return contents
+    if depth > 8:
+        raise ValueError("constructed string nested too deep")
+    chunks, rest = [], contents
+    while rest:
+        size = parser.peek(rest)
+        class_, method, tag, _, inner, _ = parser.parse(rest[:size])
+        rest = rest[size:]
+        if class_ == 0 and tag == 0:  # end-of-contents of an indefinite form
+            break
+        if class_ != 0 or tag != 4:
+            raise ValueError("constructed encryptedContent holds something else than OCTET STRINGs")
+        chunks.append(_string_octets(inner, method == 1, depth + 1))
+    return b"".join(chunks)
 
 
 def _our_recipients(envelope: cms.EnvelopedData, ca_certificate: x509.Certificate) -> list:
@@ -361,14 +417,21 @@ def parse_certification_request(der: bytes, message: PkiMessage) -> Certificatio
     try:
         csr = x509.load_der_x509_csr(der)
         valid = csr.is_signature_valid
-    except (ValueError, TypeError) as exc:
+        public_key = csr.public_key()
+    except UnsupportedAlgorithm as exc:
+        raise ScepError(f"unsupported request: {_short(exc)}", FailInfo.BAD_ALG, message) from None
+    except _PARSE_ERRORS as exc:
         raise ScepError(f"envelope does not hold a PKCS#10 request: {_short(exc)}",
                         FailInfo.BAD_REQUEST, message) from None
-    except Exception as exc:  # unsupported key types raise UnsupportedAlgorithm
-        raise ScepError(f"unsupported request: {_short(exc)}", FailInfo.BAD_ALG, message) from None
     if not valid:
         raise ScepError("PKCS#10 request signature does not verify", FailInfo.BAD_MESSAGE_CHECK, message)
-    return CertificationRequest(csr=csr, challenge_password=_challenge_password(der), der=der)
+    if isinstance(public_key, rsa.RSAPublicKey) and public_key.key_size < MIN_RSA_BITS:
+        raise ScepError(f"RSA keys under {MIN_RSA_BITS} bits are refused", FailInfo.BAD_ALG, message)
+    try:
+        challenge = _challenge_password(der)
+    except _PARSE_ERRORS as exc:
+        raise ScepError(f"malformed PKCS#10 attributes: {_short(exc)}", FailInfo.BAD_REQUEST, message) from None
+    return CertificationRequest(csr=csr, challenge_password=challenge, der=der)
 
 
 def _challenge_password(der: bytes) -> str | None:
@@ -389,7 +452,7 @@ def parse_issuer_and_serial(der: bytes, message: PkiMessage) -> tuple[bytes, int
     try:
         value = cms.IssuerAndSerialNumber.load(der, strict=True)
         return value["issuer"].dump(), value["serial_number"].native
-    except (ValueError, TypeError, KeyError):
+    except _PARSE_ERRORS:
         raise ScepError("GetCert content is not IssuerAndSerialNumber",
                         FailInfo.BAD_REQUEST, message) from None
 

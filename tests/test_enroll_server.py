@@ -221,7 +221,11 @@ async def test_start_warns_when_profile_urls_changed(tmp_path, nursery, caplog):
                         apns={"url": "https://127.0.0.1:9"})
     caplog.clear()
     second = await start_server(nursery, moved)
-    second.stop()
     warnings = [r.fields["problem"] for r in caplog.records if r.getMessage() == "enrollment_urls_changed"]
     assert any("server_url" in w and "mdm.elsewhere.example" in w for w in warnings), warnings
     assert any("checkin_url" in w for w in warnings)
+    async with second.client() as http:
+        health = (await http.get("/healthz")).json()
+    assert health["checks"]["enrollment"]["status"] == "warning"
+    assert health["checks"]["enrollment"]["profile_url_changes"]
+    second.stop()

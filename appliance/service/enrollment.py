@@ -131,11 +131,20 @@ def url_mismatches(conn: sqlite3.Connection, config: Config) -> list[str]:
 
 
 async def warn_on_changed_urls(runtime) -> list[str]:
-    """Called once at start by the supervisor: Topic, ServerURL and CheckInURL never change for a device."""
+    """Called once at start by the supervisor: Topic, ServerURL and CheckInURL never change for a
+    device. Logs each change, and keeps reporting them in /healthz (check "enrollment")."""
     problems = await runtime.store.read(url_mismatches, runtime.config)
     for problem in problems:
         log.warning("enrollment_urls_changed", problem=problem)
+    runtime.health_checks.append(lambda: _enrollment_health(runtime))
     return problems
+
+
+async def _enrollment_health(runtime) -> tuple[str, dict, str]:
+    problems = await runtime.store.read(url_mismatches, runtime.config)
+    issued = await runtime.store.read(scep_store.count_issued)
+    details = {"certificates_issued": issued, "profile_url_changes": problems}
+    return "enrollment", details, "warning" if problems else "ok"
 
 
 # --- the profile ---------------------------------------------------------------------------

@@ -138,9 +138,11 @@ async def test_enqueue_rejects_reused_uuid_and_bad_bodies_without_changing_anyth
         for bad in bad_bodies:
             assert_error(await api.put(f"/v1/enqueue/{ids[0]}", content=bad), 400, "bad_command")
         _, body = command_plist()
-        assert_error(await api.put(f"/v1/enqueue/{ids[0]},,x", content=body), 400, "bad_command")
+        assert_error(await api.put("/v1/enqueue/,%20,", content=body), 400, "bad_command")
+        trailing = await api.put(f"/v1/enqueue/{ids[0]},?nopush=1", content=body)  # scripts' trailing comma
+        assert trailing.status_code == 200 and list(trailing.json()["status"]) == [ids[0]]
     pending = await server.runtime.store.read(queue.pending, ids[0])
-    assert [row["command_uuid"] for row in pending] == [command_uuid]
+    assert [row["command_uuid"] for row in pending][0] == command_uuid and len(pending) == 2
 
 
 async def test_enqueue_to_ten_thousand_ids_in_one_call(server):

@@ -21,7 +21,6 @@ from appliance.store import fleet, queue
 
 log = get_logger("commands")
 
-MAX_ENROLLMENT_ID = 256
 # The outcome of a push we handed to the scheduler (NanoMDM puts the APNs id here; ours is not known yet).
 PUSH_SCHEDULED = "scheduled"
 
@@ -76,13 +75,20 @@ def build_command(command: Any, command_uuid: str | None = None) -> Command:
         raise BadCommand(str(exc)) from None
     document = {"CommandUUID": command_uuid or str(uuid.uuid4()), "Command": inner}
     uuid_text, request_type = _check(document)
-    return Command(uuid_text, request_type, plist.dump(document))
+    try:
+        body = plist.dump(document)
+    except (ValueError, TypeError, OverflowError) as exc:  # e.g. control characters, which XML cannot hold
+        raise BadCommand(f"the command cannot be written as a property list: {exc}") from None
+    return Command(uuid_text, request_type, body)
 
 
 def split_ids(path_ids: str) -> list[str]:
-    """'id1,id2,...' from the URL -> unique ids in the order given."""
-    ids = path_ids.split(",")
-    return check_ids(ids)
+    """'id1,id2,...' from the URL -> unique ids in the order given. Empty entries (a trailing comma from a
+    script joining ids) are skipped, as NanoMDM's push endpoint does."""
+    ids = [eid for eid in path_ids.split(",") if eid.strip()]
+    if not ids:
+        raise BadCommand("no enrollment ids given: /v1/enqueue/ID1,ID2")
+    return list(dict.fromkeys(ids))
 
 
 def check_ids(ids: list[Any]) -> list[str]:
@@ -91,8 +97,6 @@ def check_ids(ids: list[Any]) -> list[str]:
     for eid in ids:
         if not isinstance(eid, str) or not eid.strip():
             raise BadCommand("an enrollment id in the list is empty")
-        if len(eid) > MAX_ENROLLMENT_ID:
-            raise BadCommand(f"enrollment id longer than {MAX_ENROLLMENT_ID} characters: {eid[:40]}...")
     return list(dict.fromkeys(ids))
 
 

@@ -47,6 +47,13 @@ _ENQUEUE_ANSWER = {
     **_STD_ERRORS,
 }
 
+_EXAMPLE_PLIST = (
+    '<?xml version="1.0" encoding="UTF-8"?>\n<plist version="1.0"><dict>'
+    "<key>CommandUUID</key><string>0f0e7c5e-6d0b-4a8e-9d43-3f1b2f1d9c01</string>"
+    "<key>Command</key><dict><key>RequestType</key><string>ProfileList</string></dict>"
+    "</dict></plist>\n"
+)
+
 SCHEMAS: dict = {
     "Error": {
         "type": "object", "required": ["error"],
@@ -77,9 +84,11 @@ SCHEMAS: dict = {
     "CommandRequest": {
         "type": "object", "required": ["enrollment_ids", "command"], "additionalProperties": False,
         "properties": {
-            "enrollment_ids": {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}},
+            "enrollment_ids": {"type": "array", "minItems": 1, "items": {
+                "type": "string", "minLength": 1, "pattern": r"\S"}},
             "command": {"type": "object", "required": ["RequestType"],
-                        "properties": {"RequestType": {"type": "string"}},
+                        "properties": {"RequestType": {"type": "string",
+                                                       "pattern": r"^[A-Za-z][A-Za-z0-9.]{0,127}$"}},
                         "description": "The Command dictionary as JSON. Binary values as {\"$data\": "
                                        "\"<base64>\"}, dates as {\"$date\": \"2026-01-01T00:00:00Z\"}."},
             "command_uuid": {"type": "string", "description": "Default: a new random UUID."},
@@ -181,6 +190,10 @@ SCHEMAS: dict = {
         "enrollment_id": {"type": "string"}, "cleared": {"type": "integer"}}},
     "Cancelled": {"type": "object", "required": ["command_uuid", "cancelled"], "properties": {
         "command_uuid": {"type": "string"}, "cancelled": {"type": "integer"}}},
+    "PushAnswer": {"type": "object", "required": ["status"], "properties": {
+        "status": {"type": "object", "additionalProperties": _ref("EnrollmentOutcome")}}},
+    "PushCert": {"type": "object", "required": ["topic", "not_after"], "properties": {
+        "topic": {"type": "string"}, "not_after": {"type": "string"}, "days_left": {"type": "integer"}}},
     "Challenge": {"type": "object", "required": ["challenge", "expires_at", "ttl_seconds"], "properties": {
         "challenge": {"type": "string"}, "expires_at": {"type": "string"}, "ttl_seconds": {"type": "integer"}}},
 }
@@ -191,18 +204,23 @@ PATHS: dict = {
         "description": "ids: comma-separated enrollment ids (thousands are fine). Pushes are scheduled, "
                        "not awaited.",
         "parameters": [
-            {"name": "ids", "in": "path", "required": True, "schema": {"type": "string"}},
+            {"name": "ids", "in": "path", "required": True, "schema": {"type": "string", "pattern": r"[^,\s]"},
+             "description": "Comma-separated enrollment ids; empty entries are skipped."},
             {"name": "nopush", "in": "query", "required": False, "schema": {"type": "string"},
              "description": "Any value but empty/0/false: queue without pushing."},
         ],
-        "requestBody": {"required": True, "content": {"application/x-apple-aspen-mdm": {
-            "schema": {"type": "string", "format": "binary"}}, "application/xml": {
-            "schema": {"type": "string", "format": "binary"}}}},
+        "requestBody": {"required": True, "description": "A command plist: CommandUUID and Command with RequestType.",
+                        "content": {"application/xml": {"schema": {"type": "string", "format": "binary"},
+                                                        "example": _EXAMPLE_PLIST}}},
         "responses": _ENQUEUE_ANSWER,
     }},
     "/v1/commands": {"post": {
         "summary": "Enqueue a command given as JSON; the CommandUUID is generated.",
-        "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("CommandRequest")}}},
+        "requestBody": {"required": True, "content": {"application/json": {
+            "schema": _ref("CommandRequest"),
+            "example": {"enrollment_ids": ["99385AF6-44CB-5621-A678-A321F4D9A2C8"],
+                        "command": {"RequestType": "InstallProfile", "Payload": {"$data": "PD94bWwgdmVyc2lvbj0iMS4wIj8+"}}},
+        }}},
         "responses": _ENQUEUE_ANSWER,
     }},
     "/v1/commands/{command_uuid}": {
@@ -256,6 +274,38 @@ PATHS: dict = {
         "responses": {"200": _json(_ref("Cleared"), "How many were taken off."),
                       "404": _error("No such enrollment."), "401": _STD_ERRORS["401"]},
     }},
+    "/v1/push/{ids}": {
+        method: {
+            "summary": "Push to enrollments now and wait for APNs' answers (NanoMDM compatible).",
+            "parameters": [{"name": "ids", "in": "path", "required": True, "schema": {"type": "string"},
+                            "description": "Comma-separated enrollment ids (at most 10,000)."}],
+            "responses": {
+                "200": _json(_ref("PushAnswer"), "Every push accepted by APNs (push_result: apns-id)."),
+                "207": _json(_ref("PushAnswer"), "Some pushes failed."),
+                "500": _json(_ref("PushAnswer"), "Every push failed (NanoMDM's code)."),
+                "503": _error("The push service is not running."),
+                **_STD_ERRORS,
+            },
+        } for method in ("get", "post")
+    },
+    "/v1/pushcert": {
+        "put": {
+            "summary": "Import the APNs push certificate (PEM certificate + unencrypted PEM key in one body).",
+            "parameters": [{"name": "force", "in": "query", "required": False, "schema": {"type": "string"},
+                            "description": "1: accept a different topic (orphans enrolled devices)."}],
+            "requestBody": {"required": True, "content": {"text/plain": {"schema": {"type": "string"}}}},
+            "responses": {"200": _json(_ref("PushCert"), "Stored and in use."),
+                          "409": _error("The topic differs from the current certificate's (code topic_changed)."),
+                          **_STD_ERRORS},
+        },
+        "get": {
+            "summary": "The current push certificate.",
+            "responses": {"200": _json(_ref("PushCert"), "Topic and expiry."),
+                          "404": _error("No push certificate imported yet."),
+                          "500": _error("The stored certificate cannot be read."),
+                          "401": _STD_ERRORS["401"]},
+        },
+    },
     "/v1/challenges": {"post": {
         "summary": "Mint a one-time SCEP challenge.",
         "responses": {"201": _json(_ref("Challenge"), "The challenge."), "401": _STD_ERRORS["401"]},

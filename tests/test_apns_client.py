@@ -293,3 +293,15 @@ async def test_no_hot_loop_when_everything_is_refused(pki, refuse):
     assert result.status is (PushStatus.CERTIFICATE if refuse == "403" else PushStatus.FAILED)
     assert standin.connections == 1
     assert len(log.lines) <= 2
+
+
+async def test_long_tokens_and_odd_push_magic_encode_correctly(pki):
+    # a 100-byte token makes :path longer than 127 bytes: a multi-byte HPACK length
+    token = bytes(range(100))
+    magic = 'A"quote\\and-unicode-é'
+    async with running(pki) as (standin, client, _):
+        assert (await client.push(token, magic)).ok
+    [req] = standin.requests
+    assert req.token == token.hex()
+    assert json.loads(req.body) == {"mdm": magic}
+    assert b" " not in req.body

@@ -221,8 +221,8 @@ class Connection:
         return Reply(status, b"".join(chunks), reply_headers)
 
 
-class _ClosedEarly(Exception):
-    pass
+class _ClosedEarly(ConnectionError):
+    """The server closed the connection before answering."""
 
 
 # --- the device ----------------------------------------------------------------------------------------

@@ -3,9 +3,15 @@ store API (until the admin API is the way in), and a full dump of the database f
 
 from __future__ import annotations
 
+import os
 import plistlib
+import signal
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+import trio
 
 from appliance.store import queue
 from tests.device_sim import DeviceSim, TestCA
@@ -46,3 +52,47 @@ async def start_mdm_server(nursery, tmp_path: Path, **overrides: dict) -> MdmSer
     identity = {"trusted_ca_files": [str(ca.pem_path)], **overrides.pop("identity", {})}
     config = make_config(tmp_path, identity=identity, **overrides)
     return MdmServer(await start_server(nursery, config), ca)
+
+
+class ServerProcess:
+    """`python -m appliance serve` as a child process (for crash tests and benchmarks); log in log_path."""
+
+    def __init__(self, config_path: Path, port: int, log_path: Path) -> None:
+        self.config_path, self.port, self.log_path = config_path, port, log_path
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    async def start(self, timeout: float = 30) -> None:
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "appliance", "serve", "--config", str(self.config_path)],
+                stdout=log, stderr=subprocess.STDOUT, env=env)
+        with trio.fail_after(timeout):
+            while True:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"server exited with {self.process.returncode}; see {self.log_path}")
+                try:
+                    stream = await trio.open_tcp_stream("127.0.0.1", self.port)
+                except OSError:
+                    await trio.sleep(0.05)
+                    continue
+                await stream.aclose()
+                return
+
+    def kill(self, sig: int = signal.SIGKILL) -> int:
+        assert self.process is not None
+        self.process.send_signal(sig)
+        return self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()

@@ -8,6 +8,7 @@ import base64
 import http.client
 import json
 import plistlib
+import re
 import time
 from pathlib import Path
 
@@ -387,3 +388,32 @@ async def test_separate_api_listener_splits_roles(nursery, tmp_path):
         assert all(response.status_code == 200 for response in metrics_on_both)
     finally:
         server.stop()
+
+
+# --- metrics ---------------------------------------------------------------------------------------
+
+async def test_metrics_are_read_from_the_database_at_scrape_time(server):
+    ids = await seed(server, 4, users=True)
+    await seed(server, 2, start=50, active=False, token=False)
+    async with server.api_client() as api:
+        _, body = command_plist()
+        await api.put(f"/v1/enqueue/{ids[0]},{ids[1]}?nopush=1", content=body)
+        first = (await api.get("/metrics")).text
+        await api.delete(f"/v1/devices/{ids[0]}/queue")
+        second = (await api.get("/metrics")).text
+    assert "text/plain" in (await _content_type(server))
+    assert 'mdm_devices{state="known"} 6.0' in first
+    assert 'mdm_devices{state="enrolled"} 4.0' in first
+    assert 'mdm_devices{state="active"} 4.0' in first
+    assert "mdm_queue_depth 2.0" in first and "mdm_queue_depth 1.0" in second
+    oldest = float(re.search(r"^mdm_queue_oldest_pending_seconds (\S+)$", first, re.M).group(1))
+    assert 0 < oldest < 60
+    assert 'mdm_command_results_total{status="Acknowledged"} 0.0' in first
+    assert "mdm_webhook_outbox_depth 0.0" in first
+    assert re.search(r'^mdm_http_requests_total\{endpoint="/v1/enqueue/<ids>",status="200"\} 1\.0$', first, re.M)
+    assert 'mdm_http_request_duration_seconds_bucket{endpoint="/v1/enqueue/<ids>"' in first
+
+
+async def _content_type(server) -> str:
+    async with server.api_client() as api:
+        return (await api.get("/metrics")).headers["content-type"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import plistlib
 import re
 
 import trio
@@ -160,3 +161,40 @@ async def test_unsigned_without_key_and_idle_without_url(tmp_path):
         assert server.runtime.webhooks is None
         assert health["checks"]["webhooks"]["outbox_depth"] == 1 and health["checks"]["webhooks"]["url"] is None
         server.stop()
+
+
+async def test_real_checkins_and_reports_arrive_as_events_in_order(nursery, tmp_path):
+    from tests.mdm_support import command_body, start_mdm_server
+
+    receiver = Receiver(port=free_port())
+    async with Running(receiver):
+        mdm = await start_mdm_server(nursery, tmp_path, webhook={
+            "url": f"http://127.0.0.1:{receiver.port}/events", "hmac_key": HMAC_KEY, "retry_initial": 0.05})
+        server = mdm.server
+        async with mdm.device("E2E-DEVICE-1") as device:
+            await device.enroll()  # Authenticate + TokenUpdate
+            async with server.api_client() as api:
+                answer = await api.put("/v1/enqueue/E2E-DEVICE-1?nopush=1", content=command_body("CMD-E2E-1", "ProfileList"))
+                assert answer.status_code == 200
+            reply = await device.idle()
+            assert reply.command_uuid == "CMD-E2E-1"
+            await device.acknowledge("CMD-E2E-1", ProfileList=[])
+        await receiver.wait_for(lambda: len(receiver.accepted) >= 4)
+        async with server.api_client() as api:
+            metrics = (await api.get("/metrics")).text
+        server.stop()
+
+    events = [delivery.event for delivery in receiver.accepted]
+    assert [event["topic"] for event in events] == ["mdm.Authenticate", "mdm.TokenUpdate", "mdm.Connect", "mdm.Connect"]
+    assert all(delivery.signed_with(HMAC_KEY) for delivery in receiver.accepted)
+    token_update = events[1]["checkin_event"]
+    assert token_update["udid"] == "E2E-DEVICE-1" and token_update["token_update_tally"] == 1
+    assert plistlib.loads(base64.b64decode(token_update["raw_payload"]))["MessageType"] == "TokenUpdate"
+    idle, ack = events[2]["acknowledge_event"], events[3]["acknowledge_event"]
+    assert idle["status"] == "Idle" and "command_uuid" not in idle
+    assert ack["status"] == "Acknowledged" and ack["command_uuid"] == "CMD-E2E-1"
+    assert plistlib.loads(base64.b64decode(ack["raw_payload"]))["CommandUUID"] == "CMD-E2E-1"
+
+    assert 'mdm_devices{state="active"} 1.0' in metrics
+    assert 'mdm_command_results_total{status="Acknowledged"} 1.0' in metrics
+    assert "mdm_queue_depth 0.0" in metrics

@@ -197,6 +197,15 @@ async def test_proxy_header_from_trusted_proxy(probe_server, tmp_path, site_devi
     assert (answer.status_code, answer.text) == (200, fingerprint(site_device))
 
 
+async def test_empty_proxy_header_counts_as_absent(probe_server, tmp_path):
+    # What nginx forwards for a client without a certificate.
+    server, url = probe_server
+    async with client(server, tmp_path) as http:
+        answer = await http.put(url, content=BODY, headers={HEADER: ""})
+    assert answer.status_code == 403
+    assert "no device identity" in answer.text
+
+
 async def test_proxy_header_garbage_is_400(probe_server, tmp_path):
     server, url = probe_server
     async with client(server, tmp_path) as http:

@@ -71,7 +71,8 @@ class DeviceIdentification:
             return "signature"
         if tls_cert_der is not None:
             return "tls"
-        if proxy_cert is not None and self.cert_header is not None:
+        # nginx sends the header empty when the client presented no certificate.
+        if proxy_cert and proxy_cert.strip() and self.cert_header is not None:
             return "proxy"
         return "none"
 

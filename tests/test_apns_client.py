@@ -305,3 +305,14 @@ async def test_long_tokens_and_odd_push_magic_encode_correctly(pki):
     assert req.token == token.hex()
     assert json.loads(req.body) == {"mdm": magic}
     assert b" " not in req.body
+
+
+async def test_certificate_the_server_does_not_trust_fails_with_backoff(pki):
+    stranger = make_push_cert(make_ca("Not Apple"))
+    async with running(pki, certificate=push_cert(stranger), backoff_initial=0.05,
+                       max_attempts=2) as (standin, client, log):
+        result = await client.push("ab" * 32, "m")
+        await trio.sleep(0.5)
+    assert result.status is PushStatus.FAILED and result.reason.startswith("ConnectionFailed")
+    assert standin.requests == [] and standin.connections == 2  # one per attempt, then quiet
+    assert client.last_connection_error

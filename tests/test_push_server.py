@@ -297,3 +297,60 @@ async def test_health_status_and_metrics_show_expiry(app, pki):
     text = app.runtime.metrics.render().decode()
     days = [ln for ln in text.splitlines() if ln.startswith("mdm_push_certificate_days_left ")]
     assert days and 9 < float(days[0].split()[1]) <= 10
+
+
+async def test_enqueue_pushes_the_enrolled_device_and_410_waits_for_token_update(
+        nursery, tmp_path, pki, standin, fast_polls):
+    from tests.mdm_support import command_body, start_mdm_server
+
+    mdm = await start_mdm_server(nursery, tmp_path, apns={"url": standin.url,
+                                                          "ca_file": str(pki["ca_file"])})
+    server = mdm.server
+    cert = make_push_cert(pki["push_ca"])
+    async with server.api_client() as api:
+        assert (await api.put("/v1/pushcert", content=cert.cert_pem + cert.key_pem)).status_code == 200
+        async with mdm.device("SIM-UDID-1") as device:
+            await device.enroll()
+            put = await api.put("/v1/enqueue/SIM-UDID-1", content=command_body("CMD-P1"))
+            assert put.status_code == 200, put.text
+            with trio.fail_after(5):
+                while not standin.requests:
+                    await trio.sleep(0.02)
+            [req] = standin.requests
+            assert req.token == device.push_token.hex()
+            assert req.body == ('{"mdm":"%s"}' % device.push_magic).encode()
+            assert req.headers["apns-topic"] == (await api.get("/v1/pushcert")).json()["topic"]
+
+            quiet = await api.put("/v1/enqueue/SIM-UDID-1?nopush=1", content=command_body("CMD-P2"))
+            assert quiet.status_code == 200
+            await trio.sleep(0.3)
+            assert len(standin.requests) == 1
+
+            standin.answers[device.push_token.hex()] = Answer(410, "Unregistered", 1767225600000)
+            assert (await api.post("/v1/push/SIM-UDID-1")).status_code == 500
+            assert (await api.post("/v1/push/SIM-UDID-1")).status_code == 500  # not sent again
+            assert len(standin.requests) == 2
+            await device.token_update()  # the device checks in with a (new) token: pushable again
+            del standin.answers[device.push_token.hex()]
+            answer = await api.post("/v1/push/SIM-UDID-1")
+            assert answer.status_code == 200, answer.text
+            assert len(standin.requests) == 3
+    server.stop()
+
+
+async def test_expired_certificate_is_an_error_in_health_and_status(app, pki):
+    """A certificate that expires while in use (written straight into the table: time passing)."""
+    from appliance.push.pushcert import load_pem
+
+    old = make_push_cert(pki["push_ca"], days=-1, not_before_days=-365)
+    pc = load_pem(old.cert_pem, old.key_pem)
+    with db(app) as c, c:
+        c.execute("INSERT INTO push_certificates (topic, certificate, private_key, sha256, not_before, "
+                  "not_after, imported_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                  (pc.topic, pc.cert_pem, pc.key_pem, pc.fingerprint, NOW, NOW, NOW))
+    await wait_for_topic(app, pc.topic)
+    async with app.client() as client:
+        health = (await client.get("/healthz")).json()
+    assert health["status"] == "error"
+    assert health["checks"]["push"]["state"] == "expired" and health["checks"]["push"]["days_left"] < 0
+    assert "EXPIRED" in await app.runtime.push.phrase()

@@ -6,6 +6,7 @@ These fail when a hypercorn upgrade stops the certificate reaching the scope.
 import datetime as dt
 import hashlib
 import ipaddress
+import socket
 import ssl
 
 import httpx
@@ -168,3 +169,38 @@ def test_hook_refuses_other_hypercorn_versions(monkeypatch):
     monkeypatch.setattr(tls_peer.importlib.metadata, "version", lambda name: "0.19.0")
     with pytest.raises(RuntimeError, match="0.18"):
         tls_peer.install_hook()
+
+
+def _get_over_ssl_socket(port: int, context: ssl.SSLContext, session):
+    """One `Connection: close` request on a blocking TLS socket; (reused?, body, session)."""
+    with socket.create_connection(("127.0.0.1", port)) as raw:
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with context.wrap_socket(raw, server_hostname="127.0.0.1", session=session) as tls:
+            tls.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            data = b""
+            while True:
+                try:
+                    chunk = tls.recv(65536)
+                except ssl.SSLEOFError:  # hypercorn closes without close_notify
+                    break
+                if not chunk:
+                    break
+                data += chunk
+            return tls.session_reused, data, tls.session
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+async def test_resumed_sessions_keep_the_client_certificate(server, pki, tmp_path, version):
+    # Devices reconnect with TLS session resumption; the certificate must still reach the app.
+    context = ssl.create_default_context(cadata=pki["server_ca"].pem.decode())
+    (tmp_path / "client.pem").write_bytes(pki["device"].pem + pki["device"].key_pem)
+    context.load_cert_chain(tmp_path / "client.pem")
+    context.maximum_version = version
+    port = int(server["https"].rsplit(":", 1)[1])
+    session = None
+    reused = []
+    for _ in range(3):
+        was_reused, data, session = await trio.to_thread.run_sync(_get_over_ssl_socket, port, context, session)
+        reused.append(was_reused)
+        assert fingerprint(pki["device"]).encode() in data
+    assert reused == [False, True, True]

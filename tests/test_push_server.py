@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import json
 import sqlite3
 import sys
 from pathlib import Path
 
 import pytest
 import trio
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.serialization import pkcs12
+from cryptography.x509.oid import NameOID
 
+from appliance.push.pushcert import load_pem
 from appliance.push.scheduler import PushService
 from tests.apns_certs import make_ca, make_push_cert, make_server
 from tests.apns_standin import Answer, StandIn
 from tests.harness import make_config, start_server
+from tests.mdm_support import command_body, start_mdm_server
 
 NOW = "2026-01-01T00:00:00.000000Z"
 
@@ -106,8 +114,7 @@ async def test_cli_import_is_picked_up_without_restart_and_pushes(app, standin, 
     cert, key = write_pem(tmp_path, ident, "push")
     code, out, err = await cli(app.config_path, "push-cert", "import", str(cert), str(key))
     assert code == 0, err
-    topic = ident.cert.subject.get_attributes_for_oid(
-        __import__("cryptography").x509.oid.NameOID.USER_ID)[0].value
+    topic = ident.cert.subject.get_attributes_for_oid(NameOID.USER_ID)[0].value
     assert topic in out
     await wait_for_topic(app, topic)
 
@@ -190,9 +197,7 @@ async def test_cli_refuses_topic_change_expired_and_garbage(app, pki, tmp_path):
     code, _, err = await cli(app.config_path, "push-cert", "import", *map(str, b), "--force")
     assert code == 0, err
     _, out, _ = await cli(app.config_path, "push-cert", "show", "--json")
-    assert __import__("json").loads(out)["topic"] == \
-        __import__("appliance.push.pushcert", fromlist=["x"]).load_pem(
-            b[0].read_bytes(), b[1].read_bytes()).topic
+    assert json.loads(out)["topic"] == load_pem(b[0].read_bytes(), b[1].read_bytes()).topic
 
 
 async def test_cli_csr_keeps_key_private_and_pairs_it_on_import(app, tmp_path):
@@ -301,8 +306,6 @@ async def test_health_status_and_metrics_show_expiry(app, pki):
 
 async def test_enqueue_pushes_the_enrolled_device_and_410_waits_for_token_update(
         nursery, tmp_path, pki, standin, fast_polls):
-    from tests.mdm_support import command_body, start_mdm_server
-
     mdm = await start_mdm_server(nursery, tmp_path, apns={"url": standin.url,
                                                           "ca_file": str(pki["ca_file"])})
     server = mdm.server
@@ -340,8 +343,6 @@ async def test_enqueue_pushes_the_enrolled_device_and_410_waits_for_token_update
 
 async def test_expired_certificate_is_an_error_in_health_and_status(app, pki):
     """A certificate that expires while in use (written straight into the table: time passing)."""
-    from appliance.push.pushcert import load_pem
-
     old = make_push_cert(pki["push_ca"], days=-1, not_before_days=-365)
     pc = load_pem(old.cert_pem, old.key_pem)
     with db(app) as c, c:
@@ -354,3 +355,35 @@ async def test_expired_certificate_is_an_error_in_health_and_status(app, pki):
     assert health["status"] == "error"
     assert health["checks"]["push"]["state"] == "expired" and health["checks"]["push"]["days_left"] < 0
     assert "EXPIRED" in await app.runtime.push.phrase()
+
+
+async def test_cli_csr_then_import_of_apples_answer_uses_the_kept_key(app, pki, tmp_path):
+    code, _, err = await cli(app.config_path, "push-cert", "csr", "--out", str(tmp_path / "p.csr"))
+    assert code == 0, err
+    csr = x509.load_pem_x509_csr((tmp_path / "p.csr").read_bytes())
+    # what Apple's portal hands back: a certificate for the CSR's key, subject UID = topic
+    now = dt.datetime.now(dt.timezone.utc)
+    topic = "com.apple.mgmt.External.6d1a1d3e-2c3b-4f5e-8a9b-0c1d2e3f4a5b"
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.USER_ID, topic)]))
+            .issuer_name(pki["push_ca"].cert.subject).public_key(csr.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=365))
+            .sign(pki["push_ca"].key, hashes.SHA256()))
+    (tmp_path / "apple.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    code, out, err = await cli(app.config_path, "push-cert", "import", str(tmp_path / "apple.pem"))
+    assert code == 0, err
+    assert topic in out
+    assert not (app.config.data_dir / "push-csr.key").exists()
+    await wait_for_topic(app, topic)
+
+
+async def test_cli_imports_a_p12_with_password(app, pki, tmp_path):
+    ident = make_push_cert(pki["push_ca"])
+    p12 = tmp_path / "push.p12"
+    p12.write_bytes(pkcs12.serialize_key_and_certificates(
+        b"push", ident.key, ident.cert, None, serialization.BestAvailableEncryption(b"pw")))
+    code, _, err = await cli(app.config_path, "push-cert", "import", str(p12), "--password", "bad")
+    assert code != 0 and "password" in err
+    code, out, err = await cli(app.config_path, "push-cert", "import", str(p12), "--password", "pw")
+    assert code == 0, err

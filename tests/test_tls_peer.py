@@ -84,6 +84,7 @@ async def server(nursery, pki, tmp_path):
     config.certfile = str(tmp_path / "server.pem")
     config.keyfile = str(tmp_path / "server.key")
     config.accesslog = None
+    config.ssl_handshake_timeout = 1
     tls_peer.request_client_certificates(config, tmp_path / "client-cas.pem")
     stop = trio.Event()
     binds = await nursery.start(lambda task_status: tls_peer.serve(echo_app, config, shutdown_trigger=stop.wait, task_status=task_status))
@@ -204,3 +205,12 @@ async def test_resumed_sessions_keep_the_client_certificate(server, pki, tmp_pat
         reused.append(was_reused)
         assert fingerprint(pki["device"]).encode() in data
     assert reused == [False, True, True]
+
+
+async def test_stalled_handshake_is_closed(server):
+    # The hook finishes the handshake itself, so it must also enforce hypercorn's handshake timeout.
+    port = int(server["https"].rsplit(":", 1)[1])
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        with trio.fail_after(5):
+            assert await stream.receive_some(1024) == b""

@@ -66,6 +66,9 @@ class _ClientCertTCPServer(TCPServer):
                 # hypercorn would return without closing; close so the socket is not leaked.
                 await trio.aclose_forcefully(self.stream)
                 return
+            except BaseException:  # cancelled mid-handshake (shutdown): close, then let it through
+                await trio.aclose_forcefully(self.stream)
+                raise
             self.app = _ClientCertApp(self.app, _tls_facts(self.stream))
         # hypercorn's own run() sees a finished handshake (do_handshake returns at once).
         await super().run()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import functools
 import hmac
 import os
 from dataclasses import dataclass, field
@@ -481,6 +482,23 @@ def _der(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(Encoding.DER)
 
 
+@functools.lru_cache(maxsize=4)
+def _ca_asn1(ca_der: bytes) -> tuple[asn1_x509.Certificate, cms.SignerIdentifier]:
+    """The CA certificate as asn1crypto objects, parsed once: every CertRep embeds them."""
+    ca = asn1_x509.Certificate.load(ca_der)
+    sid = cms.SignerIdentifier(name="issuer_and_serial_number",
+                               value={"issuer": ca.issuer, "serial_number": ca.serial_number})
+    sid.dump()
+    return ca, sid
+
+
+def _content_info(content_type: str, content: core.Sequence) -> bytes:
+    # Wrapping re-tags the content ([0] EXPLICIT), and asn1crypto copies a built structure to do
+    # so, which costs more than the rest of the CertRep: wrap the encoded bytes instead.
+    encoded = type(content).load(content.dump())
+    return cms.ContentInfo({"content_type": content_type, "content": encoded}).dump()
+
+
 def degenerate_pkcs7(certificates: list[x509.Certificate]) -> bytes:
     """A certs-only SignedData (RFC 8894 3.4): GetCACert chains and CertRep content."""
     signed = cms.SignedData({
@@ -490,7 +508,7 @@ def degenerate_pkcs7(certificates: list[x509.Certificate]) -> bytes:
         "certificates": [asn1_x509.Certificate.load(_der(c)) for c in certificates],
         "signer_infos": [],
     })
-    return cms.ContentInfo({"content_type": "signed_data", "content": signed}).dump()
+    return _content_info("signed_data", signed)
 
 
 def _envelope(content: bytes, recipient: x509.Certificate, cipher_name: str) -> bytes:
@@ -523,7 +541,7 @@ def _envelope(content: bytes, recipient: x509.Certificate, cipher_name: str) -> 
             "encrypted_content": ciphertext,
         },
     })
-    return cms.ContentInfo({"content_type": "enveloped_data", "content": enveloped}).dump()
+    return _content_info("enveloped_data", enveloped)
 
 
 def _attr(oid: str, value: core.Asn1Value) -> cms.CMSAttribute:
@@ -553,14 +571,13 @@ def _signed_cert_rep(request: PkiMessage, status: PkiStatus, content: bytes | No
         attrs.append(_attr(OID_FAIL_INFO, core.PrintableString(str(int(fail_info)))))
     signed_attrs = cms.CMSAttributes(attrs)
     signature = ca_key.sign(signed_attrs.dump(), padding.PKCS1v15(), hash_cls())
-    ca = asn1_x509.Certificate.load(_der(ca_certificate))
+    ca, ca_sid = _ca_asn1(_der(ca_certificate))
     encap = {"content_type": "data"}
     if content is not None:
         encap["content"] = content
     signer_info = cms.SignerInfo({
         "version": "v1",
-        "sid": cms.SignerIdentifier(name="issuer_and_serial_number",
-                                    value={"issuer": ca.issuer, "serial_number": ca.serial_number}),
+        "sid": ca_sid,
         "digest_algorithm": {"algorithm": digest_name},
         "signed_attrs": signed_attrs,
         "signature_algorithm": {"algorithm": "rsassa_pkcs1v15"},
@@ -575,7 +592,7 @@ def _signed_cert_rep(request: PkiMessage, status: PkiStatus, content: bytes | No
         "certificates": [*(asn1_x509.Certificate.load(_der(c)) for c in issued or []), ca],
         "signer_infos": [signer_info],
     })
-    return cms.ContentInfo({"content_type": "signed_data", "content": signed}).dump()
+    return _content_info("signed_data", signed)
 
 
 def cert_rep_success(request: PkiMessage, issued: list[x509.Certificate],

@@ -396,7 +396,7 @@ def _string_octets(contents: bytes, constructed: bool, depth: int = 0) -> bytes:
 
 
 def _our_recipients(envelope: cms.EnvelopedData, ca_certificate: x509.Certificate) -> list:
-    ours = asn1_x509.Certificate.load(_der(ca_certificate))
+    ours, _ = _ca_asn1(_der(ca_certificate))
     matching, others = [], []
     for info in envelope["recipient_infos"]:
         if info.name != "ktri":

@@ -112,6 +112,21 @@ def test_signer_named_by_key_id_without_ski_extension(ca):
     assert verify_detached_signature(b64(der), BODY) == bare.cert
 
 
+def test_signer_issuer_encoded_differently_still_matches(rsa_device):
+    # The SignerInfo may name the issuer with PrintableString where the certificate has
+    # UTF8String: equal names per RFC 5280 7.1, different bytes.
+    content_info = cms.ContentInfo.load(openssl_sign(rsa_device, BODY))
+    sid = content_info["content"]["signer_infos"][0]["sid"]
+    printable = asn1_x509.Name.build({"common_name": "Test Device CA"}, use_printable=True)
+    assert printable.dump() != sid.chosen["issuer"].dump()
+    content_info["content"]["signer_infos"][0]["sid"] = cms.SignerIdentifier(
+        "issuer_and_serial_number",
+        {"issuer": printable, "serial_number": sid.chosen["serial_number"].native},
+    )
+    der = content_info.dump(force=True)
+    assert verify_detached_signature(b64(der), BODY) == rsa_device.cert
+
+
 def test_signer_named_by_issuer_and_serial(rsa_device):
     der = openssl_sign(rsa_device, BODY)
     assert signer_info(der)["sid"].name == "issuer_and_serial_number"

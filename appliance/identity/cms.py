@@ -16,6 +16,7 @@ import hmac
 from dataclasses import dataclass
 
 from asn1crypto import algos, cms, core
+from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
@@ -59,7 +60,10 @@ class _SignerInfo:
     signed_attrs_der: bytes | None  # as received, [0] IMPLICIT tag included; None when absent
     content_types: list[list[str]]  # values of each content-type attribute
     message_digests: list[list[bytes]]  # values of each message-digest attribute
-    certificate_der: bytes
+    signer_issuer_der: bytes | None  # signer named by issuer + serial ...
+    signer_serial: int | None
+    signer_key_id: bytes | None  # ... or by subject key identifier
+    certificate_ders: list[bytes]  # every certificate included
 
 
 def verify_detached_signature(signature: bytes | str, body: bytes) -> x509.Certificate:
@@ -80,10 +84,7 @@ def verify_detached_signature(signature: bytes | str, body: bytes) -> x509.Certi
         # [0] IMPLICIT tag replaced by the SET OF tag. Re-encoding could change the bytes.
         signed_bytes = b"\x31" + signer.signed_attrs_der[1:]
 
-    try:
-        certificate = load_der(signer.certificate_der)
-    except ValueError as exc:
-        raise SignatureMalformed("signer certificate is not valid DER") from exc
+    certificate = _find_signer(signer)
     _verify(certificate, signer, signed_bytes, hash_cls)
     return certificate
 
@@ -139,6 +140,9 @@ def _read(der: bytes) -> _SignerInfo:
                     content_types.append([value.native for value in attribute["values"]])
                 elif name == "message_digest":
                     message_digests.append([value.native for value in attribute["values"]])
+        sid = info["sid"]
+        by_serial = sid.name == "issuer_and_serial_number"
+        included = signed_data["certificates"]
         return _SignerInfo(
             digest_name=info["digest_algorithm"]["algorithm"].native,
             signature_kind=kind,
@@ -148,7 +152,12 @@ def _read(der: bytes) -> _SignerInfo:
             signed_attrs_der=None if isinstance(signed_attrs, core.Void) else signed_attrs.dump(),
             content_types=content_types,
             message_digests=message_digests,
-            certificate_der=_find_signer(info["sid"], signed_data["certificates"]),
+            signer_issuer_der=sid.chosen["issuer"].dump() if by_serial else None,
+            signer_serial=sid.chosen["serial_number"].native if by_serial else None,
+            signer_key_id=None if by_serial else sid.chosen.native,
+            certificate_ders=[] if isinstance(included, core.Void) else [
+                choice.chosen.dump() for choice in included if choice.name == "certificate"
+            ],
         )
     except (SignatureMalformed, SignatureInvalid):
         raise
@@ -170,36 +179,42 @@ def _read_pss(params) -> _Pss:
     )
 
 
-def _find_signer(sid: cms.SignerIdentifier, included) -> bytes:
-    """DER of the included certificate the SignerInfo names (RFC 5652 5.3)."""
-    certificates = [] if isinstance(included, core.Void) else [
-        choice.chosen for choice in included if choice.name == "certificate"
-    ]
-    if sid.name == "issuer_and_serial_number":
-        issuer = sid.chosen["issuer"]
-        serial = sid.chosen["serial_number"].native
-        issuer_der = issuer.dump()
-        for certificate in certificates:
-            tbs = certificate["tbs_certificate"]
-            if tbs["serial_number"].native != serial:
-                continue
-            # Byte equality is the common case and cheap; Name equality also allows
-            # differently encoded but equal names (RFC 5280 7.1 comparison).
-            if tbs["issuer"].dump() == issuer_der or tbs["issuer"] == issuer:
-                return certificate.dump()
-    else:
-        key_id = sid.chosen.native
-        for certificate in certificates:
-            if _key_identifier(certificate) == key_id:
-                return certificate.dump()
+def _find_signer(signer: _SignerInfo) -> x509.Certificate:
+    """The included certificate the SignerInfo names (RFC 5652 5.3). cryptography reads the
+    certificates: several times faster than walking them with asn1crypto."""
+    try:
+        certificates = [load_der(der) for der in signer.certificate_ders]
+    except ValueError as exc:
+        raise SignatureMalformed("an included certificate is not valid DER") from exc
+    for certificate, der in zip(certificates, signer.certificate_ders):
+        if signer.signer_key_id is not None:
+            if _key_identifier(certificate) == signer.signer_key_id:
+                return certificate
+        elif certificate.serial_number == signer.signer_serial and _same_issuer(certificate, der, signer):
+            return certificate
     raise SignatureInvalid("signer certificate is not included in the signature")
 
 
-def _key_identifier(certificate) -> bytes:
-    if certificate.key_identifier is not None:
-        return certificate.key_identifier
-    # No extension: RFC 5280 4.2.1.2 method (1), as OpenSSL computes it.
-    return hashlib.sha1(certificate.public_key["public_key"].contents[1:]).digest()
+def _same_issuer(certificate: x509.Certificate, der: bytes, signer: _SignerInfo) -> bool:
+    if certificate.issuer.public_bytes() == signer.signer_issuer_der:
+        return True  # the usual case: the very same bytes
+    # Equal names may be encoded differently (RFC 5280 7.1): compare them as asn1crypto does.
+    try:
+        issuer = asn1_x509.Certificate.load(der)["tbs_certificate"]["issuer"]
+        return issuer == asn1_x509.Name.load(signer.signer_issuer_der)
+    except Exception:  # noqa: BLE001 - unreadable means not equal
+        return False
+
+
+def _key_identifier(certificate: x509.Certificate) -> bytes:
+    try:
+        return certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    except x509.ExtensionNotFound:
+        # No extension: RFC 5280 4.2.1.2 method (1), as OpenSSL computes it.
+        try:
+            return x509.SubjectKeyIdentifier.from_public_key(certificate.public_key()).digest
+        except (ValueError, UnsupportedAlgorithm, TypeError):
+            return b""
 
 
 def _hash_class(digest_name: str) -> type[hashes.HashAlgorithm]:

@@ -57,8 +57,9 @@ async def start_mdm_server(nursery, tmp_path: Path, **overrides: dict) -> MdmSer
 class ServerProcess:
     """`python -m appliance serve` as a child process (for crash tests and benchmarks); log in log_path."""
 
-    def __init__(self, config_path: Path, port: int, log_path: Path) -> None:
+    def __init__(self, config_path: Path, port: int, log_path: Path, python_args: tuple[str, ...] = ()) -> None:
         self.config_path, self.port, self.log_path = config_path, port, log_path
+        self.python_args = python_args  # e.g. ("-m", "cProfile", "-o", "serve.prof") for benchmarks
         self.process: subprocess.Popen | None = None
 
     @property
@@ -69,7 +70,7 @@ class ServerProcess:
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "appliance", "serve", "--config", str(self.config_path)],
+                [sys.executable, *self.python_args, "-m", "appliance", "serve", "--config", str(self.config_path)],
                 stdout=log, stderr=subprocess.STDOUT, env=env)
         with trio.fail_after(timeout):
             while True:

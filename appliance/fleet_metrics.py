@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 
+import trio
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from appliance.store.timefmt import from_text
@@ -17,6 +18,15 @@ from appliance.store.timefmt import from_text
 class FleetCollector:
     def __init__(self) -> None:
         self.snapshot: dict | None = None
+        self.lock = trio.Lock()
+        self.results: dict[str, int] = {}
+        self.results_rowid = 0
+
+    def update(self, snapshot: dict) -> None:
+        for status, count in snapshot.pop("new_results").items():
+            self.results[status] = self.results.get(status, 0) + count
+        self.results_rowid = snapshot.pop("results_rowid")
+        self.snapshot = snapshot
 
     def describe(self):
         return []  # families depend on the snapshot; the registry must not call collect() at register time
@@ -38,7 +48,7 @@ class FleetCollector:
         results = CounterMetricFamily("mdm_command_results", "Final command results stored, by status "
                                       "(Acknowledged, Error, CommandFormatError).", labels=["status"])
         for status in ("Acknowledged", "Error", "CommandFormatError"):
-            results.add_metric([status], snap["results"].get(status, 0))
+            results.add_metric([status], self.results.get(status, 0))
         yield results
         yield GaugeMetricFamily("mdm_webhook_outbox_depth", "Webhook events not yet delivered.",
                                 value=snap["outbox_depth"])

@@ -400,12 +400,18 @@ async def test_metrics_are_read_from_the_database_at_scrape_time(server):
         await api.put(f"/v1/enqueue/{ids[0]},{ids[1]}?nopush=1", content=body)
         first = (await api.get("/metrics")).text
         await api.delete(f"/v1/devices/{ids[0]}/queue")
+        command_uuid = (await server.runtime.store.read(queue.pending, ids[1]))[0]["command_uuid"]
+        await _report(server, ids[1], command_uuid, "Error")
         second = (await api.get("/metrics")).text
+        third = (await api.get("/metrics")).text  # results are counted once, not again at every scrape
     assert "text/plain" in (await _content_type(server))
     assert 'mdm_devices{state="known"} 6.0' in first
     assert 'mdm_devices{state="enrolled"} 4.0' in first
     assert 'mdm_devices{state="active"} 4.0' in first
-    assert "mdm_queue_depth 2.0" in first and "mdm_queue_depth 1.0" in second
+    assert "mdm_queue_depth 2.0" in first and "mdm_queue_depth 0.0" in second
+    assert 'mdm_command_results_total{status="Error"} 0.0' in first
+    assert 'mdm_command_results_total{status="Error"} 1.0' in second
+    assert 'mdm_command_results_total{status="Error"} 1.0' in third
     oldest = float(re.search(r"^mdm_queue_oldest_pending_seconds (\S+)$", first, re.M).group(1))
     assert 0 < oldest < 60
     assert 'mdm_command_results_total{status="Acknowledged"} 0.0' in first

@@ -14,11 +14,12 @@ from appliance.web.auth import require_api_key
 blueprint = Blueprint("metrics", __name__)
 
 
-def _snapshot(conn) -> dict:
+def _snapshot(conn, results_rowid: int) -> dict:
     snap = fleet.snapshot(conn)
     box = outbox.stats(conn)
     snap["outbox_depth"] = box["depth"]
     snap["outbox_oldest"] = box["oldest_created_at"]
+    snap["new_results"], snap["results_rowid"] = fleet.results_since(conn, results_rowid)
     return snap
 
 
@@ -26,5 +27,10 @@ def _snapshot(conn) -> dict:
 @require_api_key
 async def metrics():
     rt = runtime()
-    rt.metrics.fleet.snapshot = await rt.store.read(_snapshot)
-    return Response(rt.metrics.render(), status=200, content_type=CONTENT_TYPE_LATEST)
+    collector = rt.metrics.fleet
+    # One scrape at a time: each adds the results stored since the previous one to the running counts.
+    async with collector.lock:
+        snap = await rt.store.read(_snapshot, collector.results_rowid)
+        collector.update(snap)
+        body = rt.metrics.render()
+    return Response(body, status=200, content_type=CONTENT_TYPE_LATEST)

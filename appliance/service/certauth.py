@@ -10,6 +10,7 @@ Runs inside the request's write transaction, before any change: a refusal raises
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import sqlite3
 from dataclasses import dataclass
@@ -46,11 +47,18 @@ class Presented:
 
     @classmethod
     def of(cls, certificate: x509.Certificate) -> Presented:
-        return cls(
-            hashlib.sha256(certificate.public_bytes(Encoding.DER)).hexdigest(),
-            certificate.subject.rfc4514_string(),
-            to_text(certificate.not_valid_after_utc),
-        )
+        return _presented(certificate)
+
+
+@functools.lru_cache(maxsize=2048)
+def _presented(certificate: x509.Certificate) -> Presented:
+    # A device sends the same certificate with every request: hash and format it once (certificates
+    # hash and compare by their DER, so equal certificates share the entry).
+    return Presented(
+        hashlib.sha256(certificate.public_bytes(Encoding.DER)).hexdigest(),
+        certificate.subject.rfc4514_string(),
+        to_text(certificate.not_valid_after_utc),
+    )
 
 
 def bind_at_authenticate(conn: sqlite3.Connection, enrollment: Enrollment, cert: Presented) -> bool:

@@ -316,3 +316,30 @@ async def test_certificate_the_server_does_not_trust_fails_with_backoff(pki):
     assert result.status is PushStatus.FAILED and result.reason.startswith("ConnectionFailed")
     assert standin.requests == [] and standin.connections == 2  # one per attempt, then quiet
     assert client.last_connection_error
+
+
+async def test_stopping_the_client_answers_every_waiting_push(pki):
+    standin = StandIn.create(pki["server"].cert_pem, pki["server"].key_pem, pki["push_ca"].cert_pem,
+                             refuse="500")
+    outcome = {}
+    async with trio.open_nursery() as outer:
+        await outer.start(standin.serve)
+        client = APNsClient(standin.url, ca_file=pki["ca_file"], certificate=push_cert(pki["push"]),
+                            backoff_initial=30, backoff_max=30)
+        with trio.CancelScope() as client_scope:
+
+            async def caller():
+                outcome["results"] = await client.push_many([("ab" * 32, "m"), ("cd" * 32, "m")])
+
+            async with trio.open_nursery() as inner:
+                await inner.start(client.run)
+                outer.start_soon(caller)
+                while len(standin.requests) < 2:  # both answered 500, now waiting out a 15-30 s backoff
+                    await trio.sleep(0.01)
+                await trio.sleep(0.05)
+                client_scope.cancel()
+        with trio.fail_after(2):
+            while "results" not in outcome:
+                await trio.sleep(0.01)
+        outer.cancel_scope.cancel()
+    assert [r.reason for r in outcome["results"]] == ["ClientStopped", "ClientStopped"]

@@ -238,6 +238,7 @@ class APNsClient:
         self.throttle_initial = throttle_initial
         self.log = log
         self._pending: deque[_Push] = deque()
+        self._delayed: set[_Push] = set()  # waiting out a retry backoff
         self._demand = trio.Event()
         self._conn: _Connection | None = None
         self._throttled: dict[str, tuple[float, float]] = {}  # token -> (until, last delay)
@@ -378,10 +379,12 @@ class APNsClient:
             return
         self.stats["retries"] += 1
         delay = self._backoff(push.attempts, cap=self.backoff_max)
+        self._delayed.add(push)
         self._nursery.start_soon(self._requeue_later, push, delay)
 
     async def _requeue_later(self, push: _Push, delay: float) -> None:
         await trio.sleep(delay)
+        self._delayed.discard(push)
         if not push.done:
             self._pending.appendleft(push)
             self._kick()
@@ -412,6 +415,13 @@ class APNsClient:
         while self._pending:
             self._pending.popleft().finish(PushResult(PushStatus.FAILED, reason=reason))
 
+    def _fail_everything(self, reason: str) -> None:
+        """The client stops: nobody may wait forever for a push that will never be sent."""
+        self._fail_all(reason)
+        for push in self._delayed:
+            push.finish(PushResult(PushStatus.FAILED, reason=reason))
+        self._delayed.clear()
+
     # ----- connection loop -----------------------------------------------------------------
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         try:
@@ -421,7 +431,7 @@ class APNsClient:
                 await self._connection_loop()
         finally:
             self._nursery = None
-            self._fail_all("ClientStopped")
+            self._fail_everything("ClientStopped")
 
     async def _connection_loop(self) -> None:
         failures = 0

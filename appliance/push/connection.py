@@ -105,7 +105,7 @@ class Connection:
             if push.done:
                 continue
             if self.goaway_last_id is not None and stream_id <= self.goaway_last_id:
-                # the server may have processed it: APNs says not to resend these blindly
+                # RFC 9113 §6.8: streams up to last_stream_id may have been processed; not resent
                 push.finish(PushResult(PushStatus.FAILED, reason="ConnectionClosedAfterGoaway"))
             elif self.goaway_last_id is not None:
                 resend.append(push)  # never processed: safe, and owed, to send again

@@ -242,6 +242,7 @@ class PushService:
             if ids:
                 log.info("repush", count=len(ids), waiting_longer_than=self.repush_interval)
                 self.request_push(ids)
+            self._update_metrics()  # days left keeps counting down between daily checks
             summary = await self.runtime.store.read(push_store.push_summary)
             for result, count in summary.items():
                 self.runtime.metrics.enrollments_by_push_result.labels(result).set(count)

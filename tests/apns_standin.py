@@ -58,6 +58,7 @@ class StandIn:
     goaway_after: int | None = None  # once: GOAWAY after the N-th request of a connection
     goaway_reason: str = "Shutdown"
     drop_after: int | None = None  # once: close the socket on the N-th request, unanswered
+    stall_after: int | None = None  # once: on the N-th request go silent (no answers, no PING acks, no FIN)
     record: bool = True
     requests: list[Recorded] = field(default_factory=list)
     ignored: list[int] = field(default_factory=list)  # stream ids above a GOAWAY's last id
@@ -214,6 +215,9 @@ class _ServerConnection:
             self.open -= 1
             return
         self.count += 1
+        if self.s.stall_after is not None and self.count >= self.s.stall_after:
+            self.s.stall_after = None
+            await trio.sleep_forever()  # a dead link: the socket stays open, nothing comes back
         if self.s.drop_after is not None and self.count >= self.s.drop_after:
             self.s.drop_after = None
             raise _Closed  # abrupt: no answer, no GOAWAY

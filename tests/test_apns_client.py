@@ -343,3 +343,19 @@ async def test_stopping_the_client_answers_every_waiting_push(pki):
                 await trio.sleep(0.01)
         outer.cancel_scope.cancel()
     assert [r.reason for r in outcome["results"]] == ["ClientStopped", "ClientStopped"]
+
+
+async def test_dead_link_is_found_by_ping_and_replaced(pki):
+    async with running(pki, {"stall_after": 2}, ping_interval=0.2, timeout=0.6) as (
+            standin, client, log):
+        assert (await client.push("a1" * 32, "m")).ok
+        stalled = await client.push("a2" * 32, "m")  # the link dies under this one
+        assert stalled.status is PushStatus.FAILED and stalled.reason == "Timeout"
+        with trio.fail_after(5):
+            while standin.connections < 2 or not client.connected:
+                if not client.connected:
+                    await client.push("a3" * 32, "m")  # demand brings the new connection up
+                await trio.sleep(0.05)
+        assert (await client.push("a4" * 32, "m")).ok
+    closed = [fields for _, event, fields in log.lines if event == "apns_connection_closed"]
+    assert closed and closed[0]["reason"] == "PING unanswered"

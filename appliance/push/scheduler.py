@@ -20,6 +20,7 @@ from appliance.push import pushcert
 from appliance.push.apns import APNsClient, PushResult, PushStatus
 from appliance.push.pushcert import PushCertError, PushCertificate
 from appliance.store import push as push_store
+from appliance.store.db import StoreClosed
 from appliance.store.timefmt import now, to_text
 
 log = get_logger("push")
@@ -40,7 +41,10 @@ class PushOutcome:
 
 class PushService:
     cert_poll_seconds = 3.0  # how soon a certificate imported by the CLI is used
-    coalesce_seconds = 0.02  # requests this close together become one batch
+    # Requests made before the coalescer next runs become one batch; a request for an enrollment whose
+    # push is in flight becomes one follow-up push after it (its command may have missed the first).
+    # No extra wait: enqueue-to-push latency matters more than saving APNs a duplicate push.
+    coalesce_seconds = 0.0
     expiry_check_seconds = 86400.0
 
     def __init__(self, runtime, client: APNsClient | None = None):
@@ -223,6 +227,8 @@ class PushService:
     async def _push_in_background(self, ids: list[str]) -> None:
         try:
             await self._push(ids)
+        except StoreClosed:
+            log.info("push_outcomes_not_recorded", count=len(ids), reason="shutting down")
         except Exception as e:  # noqa: BLE001 - a failed batch must not take the server down
             log.exception("push_batch_failed", count=len(ids), error=repr(e))
 

@@ -5,6 +5,9 @@ nginx (http2 + ssl_verify_client on, in its own process) standing in for APNs. M
 path: the enqueue request, the coalesced pushes, and the outcome written on every enrollment.
 
     PYTHONPATH=. /work/venv/bin/python tests/perf/bench_push_fleet.py --devices 10000 --rounds 3
+
+--latency N: instead, enqueue N commands one after the other to one enrolled device and print how long
+from sending the enqueue request until the push reaches an in-process h2 stand-in (p50/p99).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import sys
 import tempfile
 import time
 import uuid
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -24,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from appliance.logs import setup_logging  # noqa: E402
 from tests.apns_certs import make_ca, make_push_cert, make_server  # noqa: E402
+from tests.apns_standin import StandIn  # noqa: E402
 from tests.harness import API_KEY, make_config, start_server  # noqa: E402
 from tests.perf.bench_apns import start_server as start_apns  # noqa: E402
 
@@ -107,9 +112,49 @@ async def main(devices: int, rounds: int) -> None:
             nginx.wait(10)
 
 
+async def latency(count: int) -> None:
+    import httpx
+
+    setup_logging("warning")
+    with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
+        d = Path(tmp)
+        server_ca, push_ca = make_ca("bench server CA"), make_ca("bench push CA")
+        server_id, push = make_server(server_ca), make_push_cert(push_ca)
+        (d / "server-ca.pem").write_bytes(server_ca.cert_pem)
+        standin = StandIn.create(server_id.cert_pem, server_id.key_pem, push_ca.cert_pem)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(standin.serve)
+            config = make_config(d, apns={"url": standin.url, "ca_file": str(d / "server-ca.pem")})
+            server = await start_server(nursery, config)
+            [eid] = await server.runtime.store.write(seed, 1)
+            samples = []
+            async with server.api_client() as api:
+                assert (await api.put("/v1/pushcert", content=push.cert_pem + push.key_pem)).status_code == 200
+                for n in range(count + 20):
+                    seen = len(standin.requests)
+                    started = time.perf_counter()
+                    async with trio.open_nursery() as inner:
+                        inner.start_soon(partial(api.put, f"/v1/enqueue/{eid}", content=command(n)))
+                        while len(standin.requests) == seen:
+                            await trio.sleep(0.0002)
+                        arrived = time.perf_counter() - started
+                    if n >= 20:  # after warm-up
+                        samples.append(arrived)
+            samples.sort()
+            p50, p99 = samples[len(samples) // 2], samples[int(len(samples) * 0.99) - 1]
+            print(f"enqueue -> push at APNs stand-in, {count} sequential commands: "
+                  f"p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, max {samples[-1] * 1000:.1f} ms")
+            await server.aclose()
+            nursery.cancel_scope.cancel()
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--devices", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--latency", type=int, default=0, metavar="N")
     args = parser.parse_args()
-    trio.run(main, args.devices, args.rounds)
+    if args.latency:
+        trio.run(latency, args.latency)
+    else:
+        trio.run(main, args.devices, args.rounds)

@@ -387,3 +387,24 @@ async def test_cli_imports_a_p12_with_password(app, pki, tmp_path):
     assert code != 0 and "password" in err
     code, out, err = await cli(app.config_path, "push-cert", "import", str(p12), "--password", "pw")
     assert code == 0, err
+
+
+async def test_requests_during_a_push_in_flight_become_one_follow_up(app, standin, pki):
+    cert = make_push_cert(pki["push_ca"])
+    add_enrollment(app, "F-1", bytes([0x61]) * 32)
+    async with app.api_client() as api:
+        assert (await api.put("/v1/pushcert", content=cert.cert_pem + cert.key_pem)).status_code == 200
+    standin.delay = 0.3
+    push = app.runtime.push
+    push.request_push(["F-1"])
+    with trio.fail_after(5):
+        while not standin.requests:
+            await trio.sleep(0.01)
+    for _ in range(20):  # while the first is unanswered
+        push.request_push(["F-1"])
+        await trio.sleep(0.005)
+    with trio.fail_after(5):
+        while len(standin.requests) < 2:
+            await trio.sleep(0.01)
+    await trio.sleep(0.6)
+    assert standin.tokens() == ["61" * 32] * 2

@@ -198,3 +198,33 @@ async def test_real_checkins_and_reports_arrive_as_events_in_order(nursery, tmp_
     assert 'mdm_devices{state="active"} 1.0' in metrics
     assert 'mdm_command_results_total{status="Acknowledged"} 1.0' in metrics
     assert "mdm_queue_depth 0.0" in metrics
+
+
+async def test_https_receiver_with_a_private_ca(tmp_path):
+    cert, key = tmp_path / "receiver.crt", tmp_path / "receiver.key"
+    await trio.run_process(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                            "-keyout", str(key), "-out", str(cert)], capture_stdout=True, capture_stderr=True)
+    receiver = Receiver(port=free_port(), tls=(str(cert), str(key)))
+    url = f"https://127.0.0.1:{receiver.port}/hook"
+    async with Running(receiver):
+        # Not trusted through the system store: delivery fails and says why.
+        first_dir = tmp_path / "untrusted"
+        first_dir.mkdir()
+        async with trio.open_nursery() as nursery:
+            server = await start_server(nursery, make_config(first_dir, webhook={"url": url, "retry_initial": 0.05}))
+            await server.runtime.store.write(_add_events, ["DEV-TLS"], range(1))
+            with trio.fail_after(10):
+                while (await server.runtime.store.read(outbox.stats))["last_error"] is None:
+                    await trio.sleep(0.05)
+            error = (await server.runtime.store.read(outbox.stats))["last_error"]
+            assert "CERTIFICATE_VERIFY_FAILED" in error or "certificate" in error.lower(), error
+            assert receiver.accepted == []
+            server.stop()
+        # With [webhook] ca_file it is trusted.
+        async with trio.open_nursery() as nursery:
+            config = make_config(tmp_path, webhook={"url": url, "ca_file": str(cert), "retry_initial": 0.05})
+            server = await start_server(nursery, config)
+            await server.runtime.store.write(_add_events, ["DEV-TLS"], range(2))
+            await receiver.wait_for(lambda: len(receiver.accepted) == 2)
+            server.stop()

@@ -32,6 +32,7 @@ class Delivery:
 class Receiver:
     port: int
     status: int = 200  # what to answer; deliveries answered with a non-2xx are not kept in `accepted`
+    tls: tuple[str, str] | None = None  # (certfile, keyfile): serve https
     attempts: int = 0
     accepted: list[Delivery] = field(default_factory=list)
     changed: trio.Event = field(default_factory=trio.Event)
@@ -66,6 +67,8 @@ class Receiver:
         config.bind = [f"127.0.0.1:{self.port}"]
         config.accesslog = None
         config.graceful_timeout = 1
+        if self.tls is not None:
+            config.certfile, config.keyfile = self.tls
         await serve(self.app, config, shutdown_trigger=stop.wait, task_status=task_status)
 
     async def wait_for(self, predicate, timeout: float = 20) -> None:

@@ -145,7 +145,7 @@ class WebhookWorker:
         try:
             response = await client.post(self.config.url, content=body, headers=headers)
         except httpx.HTTPError as exc:
-            return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            return _describe(exc)
         except ssl.SSLError as exc:
             return f"TLS: {exc.reason or exc}"
         except Exception as exc:  # whatever a receiver does must not take the appliance down; retried
@@ -154,6 +154,17 @@ class WebhookWorker:
         if 200 <= response.status_code < 300:
             return None
         return f"HTTP {response.status_code}"
+
+
+def _describe(exc: BaseException) -> str:
+    """'ConnectError: [SSL: CERTIFICATE_VERIFY_FAILED] ...': httpx often wraps the telling error with an
+    empty message, so the first non-empty message down the cause chain is what the operator needs."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if str(cause):
+            return f"{type(exc).__name__}: {cause}"
+        cause = cause.__cause__ or cause.__context__
+    return type(exc).__name__
 
 
 def _record(conn, delivered: list[int], failures: list[tuple[int, str, str]]) -> None:

@@ -37,6 +37,8 @@ _CURSOR = {"name": "cursor", "in": "query", "required": False, "schema": {"type"
            "description": "next_cursor of the previous page."}
 _DEVICE_ID = {"name": "device_id", "in": "path", "required": True, "schema": {"type": "string"},
               "description": "Device id (UDID, or EnrollmentID for User Enrollment)."}
+_ENROLLMENT_ID = {"name": "device_id", "in": "path", "required": True, "schema": {"type": "string"},
+                  "description": "A device id, or a user channel's enrollment id (\"UDID:UserID\")."}
 _UUID = {"name": "command_uuid", "in": "path", "required": True, "schema": {"type": "string"}}
 
 _ENQUEUE_ANSWER = {
@@ -264,13 +266,13 @@ PATHS: dict = {
     }},
     "/v1/devices/{device_id}/commands": {"get": {
         "summary": "Pending and past commands of a device (all its channels) or of one user channel, newest first.",
-        "parameters": [_DEVICE_ID, _LIMIT, _CURSOR],
+        "parameters": [_ENROLLMENT_ID, _LIMIT, _CURSOR],
         "responses": {"200": _json(_ref("DeviceCommandPage"), "A page of commands."),
                       "404": _error("No such device or enrollment."), **_STD_ERRORS},
     }},
     "/v1/devices/{device_id}/queue": {"delete": {
         "summary": "Take every pending command off one enrollment's queue.",
-        "parameters": [_DEVICE_ID],
+        "parameters": [_ENROLLMENT_ID],
         "responses": {"200": _json(_ref("Cleared"), "How many were taken off."),
                       "404": _error("No such enrollment."), "401": _STD_ERRORS["401"]},
     }},

@@ -147,3 +147,33 @@ async def test_idle_and_reports_update_last_seen(mdm):
         await device.idle()
         after = (await mdm.rows("SELECT last_seen_at, last_idle_at, idle_session FROM enrollments"))[0]
         assert after["last_seen_at"] > before["last_seen_at"] and after["idle_session"] == before["idle_session"] + 1
+
+
+async def test_reports_and_not_now_never_push(mdm):
+    push = mdm.server.runtime.push
+    assert push is not None
+    requested: list = []
+    original_request, original_now = push.request_push, push.push_now
+
+    def spy_request(ids):
+        requested.append(list(ids))
+        return original_request(ids)
+
+    async def spy_now(ids):
+        requested.append(list(ids))
+        return await original_now(ids)
+
+    push.request_push, push.push_now = spy_request, spy_now
+    try:
+        async with mdm.device("DEV-1") as device:
+            await device.enroll()
+            await mdm.enqueue("P-1", ["DEV-1"])
+            await mdm.enqueue("P-2", ["DEV-1"])
+            assert (await device.idle()).command_uuid == "P-1"
+            assert (await device.not_now("P-1")).command_uuid == "P-2"
+            assert (await device.not_now("P-2")).body == b""
+            assert (await device.idle()).command_uuid == "P-1"
+            await device.acknowledge("P-1")
+    finally:
+        push.request_push, push.push_now = original_request, original_now
+    assert requested == []

@@ -68,7 +68,7 @@ def test_ready_healthz_watchdog_and_graceful_sigterm(tmp_path, notify):
         notify.wait_for("READY=1", timeout=30)
         context = ssl.create_default_context(cafile=str(tmp_path / "state" / "ca.crt"))
         response = httpx.get(f"https://127.0.0.1:{port}/healthz", verify=context, timeout=10)
-        assert response.status_code == 200 and response.json()["status"] == "ok"
+        assert response.status_code == 200 and response.json()["checks"]["devices"]["status"] == "ok"
         # WATCHDOG_USEC=0.4 s: pings every 0.2 s from the event loop.
         before = sum(m == "WATCHDOG=1" for m in notify.messages)
         time.sleep(1.0)
@@ -79,7 +79,7 @@ def test_ready_healthz_watchdog_and_graceful_sigterm(tmp_path, notify):
             pass
         assert sum(m == "WATCHDOG=1" for m in notify.messages) - before >= 3
         status = [m for m in notify.messages if m.startswith("STATUS=")]
-        assert status and "devices enrolled" in status[0]
+        assert status and "devices enrolled" in status[0] and "no push certificate" in status[0]
         process.send_signal(signal.SIGTERM)
         notify.wait_for("STOPPING=1", timeout=15)
         assert process.wait(timeout=30) == 0

@@ -10,7 +10,6 @@ import subprocess
 import trio
 from click.testing import CliRunner
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID
 

@@ -23,6 +23,7 @@ from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives import hashes, padding as sym_padding
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import AttributeOID
 
 # SCEP attribute OIDs (RFC 8894 section 3.2.1, VeriSign arc).
@@ -110,12 +111,6 @@ class PkiMessage:
     envelope: cms.EnvelopedData | None
     verified: bool = False
     content_encryption: str | None = field(default=None)  # asn1crypto name, e.g. aes128_cbc
-
-    @property
-    def signer_certificate_der(self) -> bytes:
-        from cryptography.hazmat.primitives.serialization import Encoding
-
-        return self.signer_certificate.public_bytes(Encoding.DER)
 
 
 @dataclass(frozen=True)
@@ -477,8 +472,6 @@ def renewal_signer_is_ours(message: PkiMessage, ca_certificate: x509.Certificate
 
 
 def _der(cert: x509.Certificate) -> bytes:
-    from cryptography.hazmat.primitives.serialization import Encoding
-
     return cert.public_bytes(Encoding.DER)
 
 

@@ -241,3 +241,16 @@ async def test_signed_body_just_over_the_limit_is_413(mdm):
         small = plistlib.dumps({"UDID": "BIG", "Status": "Idle", "Pad": "p" * 60000})
         assert (await device.send("/mdm/connect", small)).status == 200
         assert before != await mdm.dump()  # the small one was served (last seen moved)
+
+
+async def test_a_replaced_certificate_cannot_authenticate_as_another_device(mdm):
+    old = await _enrolled(mdm, "RENEWED")
+    cert, key = mdm.ca.issue("RENEWED v2")
+    async with DeviceSim(mdm.server.base_url, mdm.server.ssl_context(), cert, key, "RENEWED") as new:
+        await new.enroll()  # the old certificate is now replaced, bound to nothing
+    before = await mdm.dump()
+    async with DeviceSim(mdm.server.base_url, mdm.server.ssl_context(), old.cert, old.key, "SOMEONE-ELSE") as thief:
+        reply = await thief.authenticate()
+        assert reply.status == 403 and "another device" in reply.text
+    assert await mdm.dump() == before
+    await old.aclose()

@@ -54,6 +54,7 @@ class Tally:
         self.latencies: list[float] = []
         self.sessions = 0
         self.errors = 0
+        self.total = 0
 
 
 async def device_loop(device: DeviceSim, tally: Tally, stop: trio.Event) -> None:
@@ -70,6 +71,7 @@ async def device_loop(device: DeviceSim, tally: Tally, stop: trio.Event) -> None
         done = time.perf_counter()
         if reply.status != 200:
             tally.errors += 1
+        tally.total += 2
         if tally.measuring:
             tally.latencies += [idle_done - started, done - idle_done]
             tally.sessions += 1
@@ -84,6 +86,8 @@ async def run(args) -> None:
                                   logging={"level": "warning"}, storage={"synchronous": args.synchronous})
         config = load_config(config_path)
         profile = ("-m", "cProfile", "-o", args.profile) if args.profile else ()
+        if os.environ.get("BENCH_SERVER_PYTHON_ARGS"):  # e.g. an instrumenting wrapper script
+            profile = tuple(os.environ["BENCH_SERVER_PYTHON_ARGS"].split())
         server = ServerProcess(config_path, port, work / "server.log", profile)
         await server.start()
         try:
@@ -133,6 +137,7 @@ async def run(args) -> None:
         quantiles = statistics.quantiles(lat, n=100) if trips >= 100 else [float("nan")] * 99
         print(f"devices={args.devices} identity={args.identity} synchronous={args.synchronous} "
               f"seconds={wall:.1f} cores={os.cpu_count()}")
+        print(f"measured_round_trips={trips} total_requests_seen={tally.total}")
         print(f"round_trips={trips} round_trips_per_s={trips / wall:.0f} sessions_per_s={tally.sessions / wall:.0f} "
               f"errors={tally.errors}")
         print(f"latency_ms p50={quantiles[49] * 1000:.1f} p99={quantiles[98] * 1000:.1f} max={lat[-1] * 1000:.1f}")

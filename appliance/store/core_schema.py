@@ -113,15 +113,6 @@ MIGRATIONS = [
     );
     CREATE INDEX cert_bindings_sha256 ON cert_bindings (sha256);
 
-    -- Certificates that were bound to a device and replaced (renewal, re-enrollment): still that device's,
-    -- so an old certificate can never be used to Authenticate as another device.
-    CREATE TABLE cert_history (
-        sha256       TEXT PRIMARY KEY,
-        device_id    TEXT NOT NULL,
-        bound_at     TEXT NOT NULL,
-        replaced_at  TEXT NOT NULL
-    );
-
     -- Webhook events, written in the same transaction as the change that caused them.
     CREATE TABLE outbox (
         id               INTEGER PRIMARY KEY,
@@ -138,6 +129,16 @@ MIGRATIONS = [
     CREATE TABLE meta (
         key    TEXT PRIMARY KEY,
         value  TEXT NOT NULL
+    );
+    """,
+    """
+    -- Certificates that were bound to a device and replaced (renewal, re-enrollment): still that device's,
+    -- so an old certificate can never be used to Authenticate as another device.
+    CREATE TABLE cert_history (
+        sha256       TEXT PRIMARY KEY,
+        device_id    TEXT NOT NULL,
+        bound_at     TEXT NOT NULL,
+        replaced_at  TEXT NOT NULL
     );
     """,
 ]

@@ -295,7 +295,8 @@ class Connection:
                     self.h2.reset_stream(sid, ErrorCodes.CANCEL)
                 except h2.exceptions.ProtocolError:
                     pass  # already closed from h2's side
-                push.finish(PushResult(PushStatus.FAILED, reason="Timeout"))
+                # like a lost connection: tried again after a backoff, a bounded number of times
+                client._retry(push, PushResult(PushStatus.FAILED, reason="Timeout"))
             if self.ping_deadline is not None and now > self.ping_deadline:
                 raise Lost("PING unanswered")
             if self.ping_deadline is None and now - self.last_received > client.ping_interval:

@@ -355,6 +355,12 @@ async def test_expired_certificate_is_an_error_in_health_and_status(app, pki):
     assert health["status"] == "error"
     assert health["checks"]["push"]["state"] == "expired" and health["checks"]["push"]["days_left"] < 0
     assert "EXPIRED" in await app.runtime.push.phrase()
+    add_enrollment(app, "X-1", bytes([0x71]) * 32)
+    async with app.api_client() as api:
+        answer = await api.post("/v1/push/X-1")
+    assert answer.status_code == 500
+    assert answer.json()["status"]["X-1"]["push_error"] == "PushCertificateExpired"
+    assert enrollment(app, "X-1")["last_push_error"] == "PushCertificateExpired"
 
 
 async def test_cli_csr_then_import_of_apples_answer_uses_the_kept_key(app, pki, tmp_path):

@@ -145,13 +145,16 @@ class APNsClient:
             return []
         now = trio.current_time()
         queued = 0
+        # APNs refuses an expired certificate anyway: say so per push instead of failing handshakes
+        no_push = "NoPushCertificate" if self._certificate is None else (
+            "PushCertificateExpired" if self._certificate.expired() else None)
         for index, (token, magic) in enumerate(items):
             hex_token = _token_hex(token)
             if hex_token is None:
                 batch.finish(index, PushResult(PushStatus.REJECTED, reason="InvalidTokenFormat"))
                 continue
-            if self._certificate is None:
-                batch.finish(index, PushResult(PushStatus.FAILED, reason="NoPushCertificate"))
+            if no_push:
+                batch.finish(index, PushResult(PushStatus.FAILED, reason=no_push))
                 continue
             throttled = self._throttled.get(hex_token)
             if throttled and throttled[0] > now:

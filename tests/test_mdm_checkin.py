@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import plistlib
 
 import pytest
@@ -170,3 +171,40 @@ async def test_webhook_outbox_rows_written_with_the_change(nursery, tmp_path):
     assert [r["topic"] for r in rows][:4] == ["mdm.Authenticate", "mdm.TokenUpdate", "mdm.Connect", "mdm.Connect"]
     assert all(r["enrollment_id"] == "UDID-W" for r in rows[:4])
     mdm.server.stop()
+
+
+async def test_user_enrollment_ids_over_the_wire(mdm):
+    async with mdm.device("IGNORED") as device:
+        device.channel = {"EnrollmentID": "ENR-1"}
+        await device.enroll()
+        device.channel = {"EnrollmentID": "ENR-1", "EnrollmentUserID": "EU-1"}
+        assert (await device.token_update()).status == 200
+        await mdm.enqueue("UE-1", ["ENR-1:EU-1"])
+        assert (await device.idle()).command_uuid == "UE-1"
+    rows = await mdm.rows("SELECT id, device_id, type, active FROM enrollments ORDER BY id")
+    assert [(r["id"], r["device_id"], r["type"], r["active"]) for r in rows] == [
+        ("ENR-1", "ENR-1", "User Enrollment (Device)", 1), ("ENR-1:EU-1", "ENR-1", "User Enrollment", 1)]
+
+
+async def test_request_log_line_names_enrollment_and_command(mdm):
+    records = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            records.append(getattr(record, "fields", {}))
+
+    handler = Collect()
+    logger = logging.getLogger("appliance.http")
+    logger.addHandler(handler)
+    try:
+        async with mdm.device("LOGGED") as device:
+            await device.enroll()
+            await mdm.enqueue("LOG-1", ["LOGGED"])
+            await device.idle()
+            await device.acknowledge("LOG-1")
+    finally:
+        logger.removeHandler(handler)
+    lines = [(r.get("path"), r.get("enrollment_id"), r.get("command_uuid")) for r in records if r.get("path")]
+    assert ("/mdm/connect", "LOGGED", "LOG-1") in lines  # the Idle that sent it, and the report about it
+    assert lines.count(("/mdm/connect", "LOGGED", "LOG-1")) == 2
+    assert ("/mdm/checkin", "LOGGED", None) in lines

@@ -239,3 +239,28 @@ async def test_garbage_is_a_4xx_never_a_5xx(server, method, url, body):
     async with server.client() as http:
         response = await http.request(method, url, content=body)
     assert 400 <= response.status_code < 500, response.text
+
+
+async def test_concurrent_requests_on_one_one_time_challenge(server):
+    """Two devices racing with one challenge: one certificate. A resend racing its original (same
+    transaction, same CSR): both get that certificate."""
+    import trio
+
+    async with server.client() as http, server.api_client() as api:
+        ca = await _ca_cert(http)
+        challenge = (await api.post("/v1/challenges")).json()["challenge"]
+        rivals = [client.pkcs_req(client.Requester(challenge=challenge), ca) for _ in range(2)]
+        original = client.Requester(challenge=(await api.post("/v1/challenges")).json()["challenge"])
+        first = client.pkcs_req(original, ca)
+        resend = client.pkcs_req(original, ca, transaction_id=first.transaction_id)
+        answers: dict[int, client.CertRep] = {}
+
+        async def send(index: int, request: client.Request) -> None:
+            answers[index] = client.read_cert_rep(await _post(http, request), ca, request)
+
+        async with trio.open_nursery() as nursery:
+            for index, request in enumerate([*rivals, first, resend]):
+                nursery.start_soon(send, index, request)
+    assert sorted(answers[i].status for i in (0, 1)) == [0, 2]
+    assert answers[2].status == answers[3].status == 0
+    assert answers[2].certificates == answers[3].certificates

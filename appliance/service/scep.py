@@ -94,7 +94,11 @@ async def _enroll(runtime, request: PkiMessage) -> ScepAnswer:
         return _replay(runtime, request, recorded, csr_sha256)
 
     now = utc_now()
-    if not await _authorized(runtime, request, csr, now):
+    # Which challenge this request spends: None when it needs none (static challenge or a
+    # renewal signed by our identity). A one-time challenge is checked here (a read, so a
+    # wrong one costs no issuing) and spent atomically with the record below.
+    authorized, one_time = await _authorization(runtime, request, csr, now)
+    if not authorized:
         return _failure(runtime, request, FailInfo.BAD_REQUEST, "challenge password missing or wrong")
 
     settings = runtime.config.enrollment
@@ -110,9 +114,11 @@ async def _enroll(runtime, request: PkiMessage) -> ScepAnswer:
         certificate=certificate.public_bytes(Encoding.DER),
         issued_at=to_text(now),
     )
-    recorded = await runtime.store.write(scep_store.record_issued, issued)
-    if recorded.serial != issued.serial:  # a copy of this request won the race
+    outcome, recorded = await runtime.store.write(scep_store.record_enrollment, issued, one_time, now)
+    if outcome == scep_store.REPLAYED:  # a copy of this request got there first
         return _replay(runtime, request, recorded, csr_sha256)
+    if outcome == scep_store.CHALLENGE_SPENT:
+        return _failure(runtime, request, FailInfo.BAD_REQUEST, "one-time challenge already used")
     runtime.metrics.scep_issued.labels(_type_label(request.message_type)).inc()
     runtime.metrics.scep_requests.labels(_type_label(request.message_type), "success").inc()
     log.info("scep_issued", transaction_id=request.transaction_id, serial=issued.serial,
@@ -131,20 +137,24 @@ def _replay(runtime, request: PkiMessage, recorded: scep_store.IssuedCertificate
     return _success(runtime, request, x509.load_der_x509_certificate(recorded.certificate))
 
 
-async def _authorized(runtime, request: PkiMessage, csr: scep.CertificationRequest, now) -> bool:
+async def _authorization(runtime, request: PkiMessage, csr: scep.CertificationRequest,
+                         now) -> tuple[bool, str | None]:
+    """(authorized, one-time challenge to spend)."""
     if (request.message_type == MessageType.RENEWAL_REQ
             and scep.renewal_signer_is_ours(request, runtime.ca.certificate, now)
             and csr.csr.subject == request.signer_certificate.subject):
         # Signed by a valid identity we issued, for the same subject: no challenge needed
         # (RFC 8894 2.4). Another subject would let one device mint identities for others.
-        return True
+        return True, None
     given = csr.challenge_password
     if not given:
-        return False
+        return False, None
     static = runtime.config.enrollment.scep_challenge
     if static and hmac.compare_digest(static.encode(), given.encode()):
-        return True
-    return await runtime.store.write(scep_store.spend_challenge, given, now, request.transaction_id)
+        return True, None
+    if await runtime.store.read(scep_store.challenge_usable, given, now):
+        return True, given
+    return False, None
 
 
 async def _poll(runtime, request: PkiMessage) -> ScepAnswer:

@@ -58,6 +58,33 @@ def record_issued(conn: sqlite3.Connection, issued: IssuedCertificate) -> Issued
     return recorded
 
 
+ISSUED, REPLAYED, CHALLENGE_SPENT = "issued", "replayed", "challenge_spent"
+
+
+def record_enrollment(conn: sqlite3.Connection, issued: IssuedCertificate, one_time_challenge: str | None,
+                      now: datetime) -> tuple[str, IssuedCertificate | None]:
+    """In one transaction: a replay check, the one-time challenge spent, the certificate recorded.
+
+    A resend racing its original (same transaction ID) finds the original's record instead of a
+    spent challenge; two different requests with one challenge: the second is refused.
+    """
+    recorded = by_transaction(conn, issued.transaction_id)
+    if recorded is not None:
+        return REPLAYED, recorded
+    if one_time_challenge is not None and not spend_challenge(conn, one_time_challenge, now,
+                                                              issued.transaction_id):
+        return CHALLENGE_SPENT, None
+    return ISSUED, record_issued(conn, issued)
+
+
+def challenge_usable(conn: sqlite3.Connection, challenge: str, now: datetime) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM scep_challenges WHERE challenge_sha256 = ? AND used_at IS NULL AND expires_at > ?",
+        (challenge_hash(challenge), to_text(now)),
+    ).fetchone()
+    return row is not None
+
+
 def count_issued(conn: sqlite3.Connection) -> int:
     return conn.execute("SELECT count(*) FROM scep_certificates").fetchone()[0]
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import h2.config
 from h2.connection import ConnectionState, H2Connection
+from hpack import Decoder, HeaderTuple, NeverIndexedHeaderTuple
+from hpack.exceptions import HPACKDecodingError
+from hpack.hpack import decode_integer
+from hpack.huffman_table import decode_huffman
 
 CONFIG = h2.config.H2Configuration(
     client_side=True,
@@ -17,11 +21,12 @@ CONFIG = h2.config.H2Configuration(
 
 
 class APNsH2Connection(H2Connection):
-    """h2's connection with three adjustments for a client that only ever sends pushes."""
+    """h2's connection adjusted for a client that only ever sends pushes (see each part)."""
 
     def __init__(self, streams: dict, **kwargs):
         super().__init__(**kwargs)
         self.encoder = RequestEncoder()
+        self.decoder = ResponseDecoder()
         self._apns_streams = streams
         self._ended = 0
 
@@ -95,3 +100,54 @@ class RequestEncoder:
                     cache[header] = block
             parts.append(block)
         return b"".join(parts)
+
+
+class ResponseDecoder(Decoder):
+    """hpack's decoder, remembering what Huffman-coded strings decode to.
+
+    Servers repeat most response header values (date, server, content-type) and hpack decodes
+    Huffman one nibble at a time in Python: a quarter of a push's CPU went there. Everything else
+    (the dynamic table, limits) is hpack's own; tests/test_h2wire.py compares both decoders.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._huffman: dict[bytes, bytes] = {}
+
+    def _text(self, raw: bytes, huffman: bool) -> bytes:
+        if not huffman:
+            return raw
+        text = self._huffman.get(raw)
+        if text is None:
+            text = decode_huffman(raw)
+            if len(self._huffman) >= 512:  # apns-id values never repeat: keep the memory bounded
+                self._huffman.clear()
+            self._huffman[raw] = text
+        return text
+
+    def _decode_literal(self, data, should_index: bool):
+        """A literal header field (RFC 7541 §6.2): name by index or literal, then a literal value."""
+        data = bytes(data)
+        prefix_bits = 6 if should_index else 4
+        if data[0] & ((1 << prefix_bits) - 1):
+            index, pos = decode_integer(data, prefix_bits)
+            name = self.header_table.get_by_index(index)[0]
+        else:
+            length, used = decode_integer(data[1:], 7)
+            start = 1 + used
+            name = data[start:start + length]
+            if len(name) != length:
+                raise HPACKDecodingError("Truncated header block")
+            name = self._text(name, bool(data[1] & 0x80))
+            pos = start + length
+        length, used = decode_integer(data[pos:], 7)
+        start = pos + used
+        value = data[start:start + length]
+        if len(value) != length:
+            raise HPACKDecodingError("Truncated header block")
+        value = self._text(value, bool(data[pos] & 0x80))
+        if should_index:
+            self.header_table.add(name, value)
+        never_indexed = not should_index and bool(data[0] & 0x10)
+        header = (NeverIndexedHeaderTuple if never_indexed else HeaderTuple)(name, value)
+        return header, start + length

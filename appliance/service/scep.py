@@ -24,7 +24,6 @@ log = get_logger("scep")
 
 PKI_MESSAGE_TYPE = "application/x-pki-message"
 CA_CERT_TYPE = "application/x-x509-ca-cert"
-CA_RA_CERT_TYPE = "application/x-x509-ca-ra-cert"
 
 
 @dataclass(frozen=True)

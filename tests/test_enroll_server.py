@@ -90,7 +90,7 @@ async def test_no_push_certificate_no_profile(server):
         by_token = await http.get("/mdm/enroll", params={"token": "test-enroll-secret"})
         by_basic = await http.get("/mdm/enroll", auth=("anyone", "test-enroll-secret"))
     for response in (by_token, by_basic):
-        assert response.status_code == 503
+        assert response.status_code == 409
         assert "mdm-appliance push-cert import" in response.text
     result = await _run_cli("enroll-profile", "--config", str(server.config_path), "--out", "-")
     assert result.exit_code == 1

@@ -54,8 +54,9 @@ async def enroll_profile() -> Response:
         data = await enrollment.build_profile(rt)
     except ProfileError as exc:
         log.warning("profile_refused", reason=str(exc))
-        # Not the client's fault and not a crash: the appliance is not ready to enroll yet.
-        return text_error(503, str(exc))
+        # The appliance is not ready to enroll yet (no push certificate, no challenge): a state the
+        # operator fixes, answered 409 with the fix; never a 5xx, which monitoring reads as a crash.
+        return text_error(409, str(exc))
     response = Response(data, status=200, content_type=enrollment.PROFILE_CONTENT_TYPE)
     response.headers["Content-Disposition"] = 'attachment; filename="enroll.mobileconfig"'
     response.headers["Cache-Control"] = "no-store"  # each download may carry its own challenge

@@ -62,7 +62,7 @@ async def serve(config: Config, *, notifier: Notifier | None = None, handle_sign
         await warn_on_changed_urls(runtime)
         async with trio.open_nursery() as workers:
             if handle_signals:
-                workers.start_soon(_wait_for_signal, stop)
+                workers.start_soon(_wait_for_signal, stop, workers.cancel_scope)
             # The push client and the background workers start here, before the listeners.
             await workers.start(run_push, runtime)
             await workers.start(run_webhooks, runtime)
@@ -158,15 +158,19 @@ async def run_http(runtime: Runtime, listen: str, roles: frozenset[str], stop: t
     await tls_peer.serve(app, hc, shutdown_trigger=stop.wait, task_status=task_status)
 
 
-async def _wait_for_signal(stop: trio.Event) -> None:
+async def _wait_for_signal(stop: trio.Event, everything: trio.CancelScope) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
+            name = signal.Signals(signum).name
             if not stop.is_set():
-                log.info("signal_received", signal=signal.Signals(signum).name)
+                log.info("signal_received", signal=name)
                 stop.set()
             else:
-                # A second signal: the operator does not want to wait for the grace period.
-                raise KeyboardInterrupt
+                # A second signal: the operator does not want to wait for the grace period. Requests
+                # still running are cut off (their writes either committed or never happened); the
+                # store still closes cleanly after this scope.
+                log.warning("stopping_now", signal=name, reason="second signal during the grace period")
+                everything.cancel()
 
 
 async def status_line(runtime: Runtime) -> str:

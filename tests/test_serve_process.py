@@ -138,3 +138,48 @@ async def test_notifier_speaks_to_abstract_addresses():
     assert await receiver.recv(100) == b"READY=1\nSTATUS=hello"
     notifier.close()
     receiver.close()
+
+
+def test_a_second_signal_stops_at_once_and_cleanly(tmp_path, notify):
+    port = free_port()
+    process = start(tmp_path, port, tmp_path / "notify.sock")
+    try:
+        notify.wait_for("READY=1", timeout=30)
+        context = ssl.create_default_context(cafile=str(tmp_path / "state" / "ca.crt"))
+        # An in-flight request that never completes would hold the grace period open.
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+        conn = context.wrap_socket(raw, server_hostname="127.0.0.1")
+        conn.sendall(b"PUT /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\npartial")
+        time.sleep(0.3)
+        process.send_signal(signal.SIGINT)
+        notify.wait_for("STOPPING=1", timeout=15)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=5) == 0  # well before the 5 s grace of the test config
+        conn.close()
+    finally:
+        if process.poll() is None:
+            process.kill()
+        _, stderr = process.communicate(timeout=10)
+    assert "event=stopping_now" in stderr and "event=store_closed" in stderr
+    assert "crashed" not in stderr and "Traceback" not in stderr
+
+
+def test_generated_api_key_path_is_logged_but_never_the_key(tmp_path, notify):
+    port = free_port()
+    config = make_config(tmp_path, port=port, api={"key": None})
+    environment = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}
+    environment.update(NOTIFY_SOCKET=str(tmp_path / "notify.sock"), PYTHONPATH=str(ROOT))
+    process = subprocess.Popen([sys.executable, "-m", "appliance", "serve", "--config", str(config)],
+                               env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        notify.wait_for("READY=1", timeout=30)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        _, stderr = process.communicate(timeout=10)
+    key = (tmp_path / "state" / "api.key").read_text().strip()
+    assert len(key) >= 32
+    assert f"path={tmp_path / 'state' / 'api.key'}" in stderr
+    assert key not in stderr

@@ -228,3 +228,23 @@ async def test_https_receiver_with_a_private_ca(tmp_path):
             await server.runtime.store.write(_add_events, ["DEV-TLS"], range(2))
             await receiver.wait_for(lambda: len(receiver.accepted) == 2)
             server.stop()
+
+
+async def test_a_committed_event_is_delivered_at_once_not_at_the_next_poll(nursery, tmp_path, monkeypatch):
+    """The service wakes the worker after a commit that wrote outbox rows; the poll is only a fallback
+    (set to a minute here, so an event that waited for it would fail the deadline)."""
+    from appliance.webhook import deliver
+    from tests.mdm_support import start_mdm_server
+
+    monkeypatch.setattr(deliver, "POLL_SECONDS", 60.0)
+    receiver = Receiver(port=free_port())
+    async with Running(receiver):
+        mdm = await start_mdm_server(nursery, tmp_path, webhook={"url": f"http://127.0.0.1:{receiver.port}/"})
+        await trio.sleep(0.2)  # the worker has found the outbox empty and sleeps on its (long) poll
+        async with mdm.device("WAKE-DEVICE-1") as device:
+            await device.enroll()
+            await receiver.wait_for(lambda: len(receiver.accepted) >= 2, timeout=10)
+            await device.idle()
+            await receiver.wait_for(lambda: len(receiver.accepted) >= 3, timeout=10)
+        mdm.server.stop()
+    assert [d.event["topic"] for d in receiver.accepted] == ["mdm.Authenticate", "mdm.TokenUpdate", "mdm.Connect"]

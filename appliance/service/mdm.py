@@ -41,6 +41,7 @@ async def checkin(runtime, message: CheckIn, certificate: Presented, url_params:
     options = _Options(runtime, url_params)
     answer = await runtime.store.write(_checkin, message, certificate, options)
     runtime.metrics.mdm_checkins.labels(message.message_type, str(answer.status)).inc()
+    _wake_webhooks(runtime, options)
     return answer
 
 
@@ -49,9 +50,16 @@ async def report(runtime, message: Report, certificate: Presented, url_params: d
     options = _Options(runtime, url_params)
     answer, outcome = await runtime.store.write(_report, message, certificate, options)
     runtime.metrics.mdm_reports.labels(message.status, outcome).inc()
+    _wake_webhooks(runtime, options)
     if answer.command_uuid is not None:
         runtime.metrics.mdm_commands_sent.inc()
     return answer
+
+
+def _wake_webhooks(runtime, options: "_Options") -> None:
+    # The transaction just committed an outbox row: deliver it now, not at the worker's next poll.
+    if options.webhook and runtime.webhooks is not None:
+        runtime.webhooks.wake()
 
 
 class _Options:

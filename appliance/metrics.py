@@ -69,5 +69,14 @@ class Metrics:
             ["result"], registry=r,
         )
 
+        # Known label values start at 0, so every series the dashboards ask about exists from the first
+        # scrape (rate() and alerts need a series before the first event, not after it).
+        for result in ("ok", "unregistered", "rejected", "certificate", "throttled", "failed"):
+            self.pushes.labels(result)
+        for message_type in ("PKCS_REQ", "RENEWAL_REQ", "PKCS12"):
+            self.scep_issued.labels(message_type)
+        for outcome in ("delivered", "failed"):
+            self.webhook_deliveries.labels(outcome)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -4,6 +4,7 @@ process; the global default registry would mix them). Each area adds its metrics
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 
 from appliance.fleet_metrics import FleetCollector
 
@@ -52,6 +53,9 @@ class Metrics:
             "none) and outcome (ok or the IdentityError class).", ["source", "outcome"], registry=r,
         )
         self.up_since = Gauge("mdm_start_time_seconds", "When this process started (UNIX time).", registry=r)
+        # Group commit at work: write jobs (device requests, API calls) per COMMIT (one fsync each).
+        self.store = StoreCollector()
+        r.register(self.store)
         # APNs (appliance/push/scheduler.py)
         self.pushes = Counter(
             "mdm_pushes_total", "APNs pushes by result (ok, unregistered, rejected, certificate, throttled, "
@@ -80,3 +84,22 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class StoreCollector:
+    """Counters kept by the store thread (appliance.store.db.Store), read at scrape time."""
+
+    def __init__(self) -> None:
+        self.store = None  # set once the store is open (supervisor)
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        if self.store is None:
+            return
+        yield CounterMetricFamily("mdm_store_write_jobs", "Write jobs committed by the store thread.",
+                                  value=self.store.writes)
+        yield CounterMetricFamily("mdm_store_commits", "Write transactions committed (one fsync each with "
+                                  "synchronous=FULL); write jobs per commit shows group commit at work.",
+                                  value=self.store.commits)

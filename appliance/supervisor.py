@@ -88,6 +88,7 @@ async def serve(config: Config, *, notifier: Notifier | None = None, handle_sign
 def _runtime(config: Config, prepared: Prepared, store) -> Runtime:
     metrics = Metrics()
     metrics.up_since.set_to_current_time()
+    metrics.store.store = store
     runtime = Runtime(
         config=config,
         store=store,

@@ -103,3 +103,23 @@ def test_renewed_ca_with_same_name_both_trusted(rsa_ca):
 def test_end_entity_certificate_refused_as_anchor(rsa_ca):
     with pytest.raises(ValueError, match="not a CA"):
         TrustAnchors([issue(rsa_ca, "device").cert], SKEW)
+
+
+def test_a_trusted_certificate_still_has_its_dates_checked_on_every_request(rsa_ca):
+    anchors = TrustAnchors([rsa_ca.cert], SKEW)
+    cert = issue(rsa_ca, "window", not_before=NOW, not_after=NOW + dt.timedelta(days=1)).cert
+    for _ in range(2):  # the second check is answered from what the first one proved about the issuer
+        anchors.check(cert, now=NOW + dt.timedelta(hours=1))
+    with pytest.raises(UntrustedCertificate, match="not yet valid"):
+        anchors.check(cert, now=NOW - dt.timedelta(hours=1))
+    with pytest.raises(UntrustedCertificate, match="expired"):
+        anchors.check(cert, now=NOW + dt.timedelta(days=2))
+
+
+def test_what_one_set_of_anchors_proved_does_not_carry_over_to_another(rsa_ca):
+    cert = issue(rsa_ca, "device").cert
+    TrustAnchors([rsa_ca.cert], SKEW).check(cert)
+    others = TrustAnchors([make_ca("Appliance CA").cert], SKEW)  # same name, different key
+    for _ in range(2):
+        with pytest.raises(UntrustedCertificate, match="does not verify"):
+            others.check(cert)

@@ -7,6 +7,7 @@ does not change with an upgrade (and so a warnings filter can never turn one int
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 from cryptography import x509
@@ -14,7 +15,16 @@ from cryptography.utils import CryptographyDeprecationWarning
 
 
 def load_der(der: bytes) -> x509.Certificate:
-    """The certificate in `der`, or ValueError if cryptography cannot or should not load it."""
+    """The certificate in `der`, or ValueError if cryptography cannot or should not load it.
+
+    A device sends the same certificate with every request (in its Mdm-Signature or on its TLS
+    connection): loading and decoding it is done once per distinct DER (certificates are immutable;
+    failures are not cached)."""
+    return _load_der_once(bytes(der))
+
+
+@functools.lru_cache(maxsize=4096)
+def _load_der_once(der: bytes) -> x509.Certificate:
     return _strict(x509.load_der_x509_certificate, der)
 
 

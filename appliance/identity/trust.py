@@ -17,10 +17,17 @@ from appliance.identity.certificate import decode_all
 from appliance.identity.errors import UntrustedCertificate
 
 
+# Certificates that passed the issuer check, remembered so that a device's every request costs a
+# dictionary lookup and a date comparison instead of a signature verification (~75 us).
+_VOUCHED_MAX = 4096
+
+
 class TrustAnchors:
     def __init__(self, ca_certs: Iterable[x509.Certificate], clock_skew: dt.timedelta) -> None:
         self.clock_skew = clock_skew
         self._by_subject: dict[x509.Name, list[x509.Certificate]] = {}
+        # certificate -> (not before, not after); only the dates can change a verdict once given.
+        self._vouched: dict[x509.Certificate, tuple[dt.datetime, dt.datetime]] = {}
         for ca in ca_certs:
             if not _may_issue(ca):
                 raise ValueError(f"trust anchor {ca.subject.rfc4514_string()} is not a CA certificate")
@@ -33,6 +40,10 @@ class TrustAnchors:
         """Raise UntrustedCertificate unless `cert` is a non-CA certificate issued by an anchor
         and inside its validity period widened by the clock skew on both ends."""
         now = now or dt.datetime.now(dt.timezone.utc)
+        vouched = self._vouched.get(cert)
+        if vouched is not None:
+            self._check_dates(*vouched, now)
+            return
         # cryptography decodes names and extensions lazily: read everything callers (binding,
         # logging) will touch now, so a certificate that fails later cannot turn into a 500.
         try:
@@ -44,10 +55,7 @@ class TrustAnchors:
         not_before, not_after = cert.not_valid_before_utc, cert.not_valid_after_utc
         if is_ca:
             raise UntrustedCertificate("a CA certificate is not a device identity")
-        if now + self.clock_skew < not_before:
-            raise UntrustedCertificate("certificate is not yet valid")
-        if now - self.clock_skew > not_after:
-            raise UntrustedCertificate("certificate has expired")
+        self._check_dates(not_before, not_after, now)
 
         candidates = self._by_subject.get(issuer, [])
         if not candidates:
@@ -55,10 +63,19 @@ class TrustAnchors:
         for ca in candidates:  # several when a CA was renewed under the same name
             try:
                 cert.verify_directly_issued_by(ca)
-                return
             except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
                 continue
+            if len(self._vouched) >= _VOUCHED_MAX:
+                del self._vouched[next(iter(self._vouched))]  # the oldest entry
+            self._vouched[cert] = (not_before, not_after)
+            return
         raise UntrustedCertificate("certificate signature does not verify with the trusted CA")
+
+    def _check_dates(self, not_before: dt.datetime, not_after: dt.datetime, now: dt.datetime) -> None:
+        if now + self.clock_skew < not_before:
+            raise UntrustedCertificate("certificate is not yet valid")
+        if now - self.clock_skew > not_after:
+            raise UntrustedCertificate("certificate has expired")
 
 
 def _is_ca(cert: x509.Certificate) -> bool:

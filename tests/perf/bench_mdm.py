@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import httpx
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -32,15 +33,46 @@ from appliance.config import load_config  # noqa: E402
 from appliance.store import queue  # noqa: E402
 from appliance.store.db import connect_sync  # noqa: E402
 from tests.device_sim import DeviceSim, TestCA, client_context  # noqa: E402
-from tests.harness import free_port, make_config  # noqa: E402
+from tests.harness import API_KEY, free_port, make_config  # noqa: E402
 from tests.mdm_support import ServerProcess, command_body  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def process_cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return _cpu_seconds(Path(f"/proc/{pid}/stat"))
+
+
+def thread_cpu_seconds(pid: int) -> tuple[float, float]:
+    """(event loop thread, all other threads: the store thread, trio's worker threads) of the server."""
+    loop = others = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            seconds = _cpu_seconds(task / "stat")
+        except OSError:  # the thread ended meanwhile
+            continue
+        if task.name == str(pid):
+            loop += seconds
+        else:
+            others += seconds
+    return loop, others
+
+
+def _cpu_seconds(stat: Path) -> float:
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+def store_counts(base_url: str, ca_file: Path) -> tuple[int, int]:
+    """(write jobs, commits) from the server's /metrics: how well group commit batches the writes."""
+    text = httpx.get(f"{base_url}/metrics", headers={"Authorization": f"Bearer {API_KEY}"},
+                     verify=str(ca_file), timeout=30).text
+    values = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("mdm_store_write_jobs_total", "mdm_store_commits_total"):
+            values[name] = int(float(value))
+    return values["mdm_store_write_jobs_total"], values["mdm_store_commits_total"]
 
 
 def own_cpu_seconds() -> float:
@@ -119,14 +151,21 @@ async def run(args) -> None:
                 for device in devices:
                     nursery.start_soon(device_loop, device, tally, stop)
                 await trio.sleep(args.warmup)
+                ca_file = config.data_dir / "ca.crt"
+                writes0, commits0 = await trio.to_thread.run_sync(store_counts, server.base_url, ca_file)
+                load0 = os.getloadavg()[0]
                 server_cpu0, client_cpu0 = process_cpu_seconds(server.process.pid), own_cpu_seconds()
+                threads0 = thread_cpu_seconds(server.process.pid)
                 wall0 = time.perf_counter()
                 tally.measuring = True
                 await trio.sleep(args.seconds)
                 tally.measuring = False
                 wall = time.perf_counter() - wall0
                 server_cpu = process_cpu_seconds(server.process.pid) - server_cpu0
+                threads = [b - a for a, b in zip(threads0, thread_cpu_seconds(server.process.pid))]
                 client_cpu = own_cpu_seconds() - client_cpu0
+                load1 = os.getloadavg()[0]
+                writes1, commits1 = await trio.to_thread.run_sync(store_counts, server.base_url, ca_file)
                 stop.set()
             for device in devices:
                 await device.aclose()
@@ -142,7 +181,12 @@ async def run(args) -> None:
               f"errors={tally.errors}")
         print(f"latency_ms p50={quantiles[49] * 1000:.1f} p99={quantiles[98] * 1000:.1f} max={lat[-1] * 1000:.1f}")
         print(f"server_cpu_per_round_trip_us={server_cpu / max(trips, 1) * 1e6:.0f} "
+              f"(event_loop={threads[0] / max(trips, 1) * 1e6:.0f} other_threads={threads[1] / max(trips, 1) * 1e6:.0f}) "
               f"server_cpu_util={server_cpu / wall:.2f} client_cpu_util={client_cpu / wall:.2f}")
+        writes, commits = writes1 - writes0, commits1 - commits0
+        print(f"store write_jobs={writes} commits={commits} jobs_per_commit={writes / max(commits, 1):.2f} "
+              f"(the metrics scrapes add 2 reads, no writes)")
+        print(f"load_average_1min start={load0:.2f} end={load1:.2f}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -1,13 +1,18 @@
-"""h2, tuned for a client that only ever sends APNs pushes: our HPACK encoder, no stream scans, GOAWAY drain."""
+"""h2, tuned for a client that only ever sends APNs pushes: our HPACK encoder, no stream scans, GOAWAY drain.
+
+Why a request encoder of our own (measured, docs/PERFORMANCE.md "APNs pushes"): hpack's general
+encoder (dynamic-table search and Huffman coding of every header, ~40-55 µs a push here) against
+ours (~3 µs: only `:path` changes between pushes, the rest is cached bytes) is about a fifth of the
+client's whole CPU per push. Responses are decoded by hpack's own decoder: a cache of decoded
+strings measured no difference (APNs answers carry a unique apns-id and little else).
+These parts lean on h2 internals: h2 is pinned to its minor version in pyproject.toml, and
+tests/test_h2wire.py runs our connection against h2's server side (hpack's decoder) to catch a change.
+"""
 
 from __future__ import annotations
 
 import h2.config
 from h2.connection import ConnectionState, H2Connection
-from hpack import Decoder, HeaderTuple, NeverIndexedHeaderTuple
-from hpack.exceptions import HPACKDecodingError
-from hpack.hpack import decode_integer
-from hpack.huffman_table import decode_huffman
 
 CONFIG = h2.config.H2Configuration(
     client_side=True,
@@ -26,7 +31,6 @@ class APNsH2Connection(H2Connection):
     def __init__(self, streams: dict, **kwargs):
         super().__init__(**kwargs)
         self.encoder = RequestEncoder()
-        self.decoder = ResponseDecoder()
         self._apns_streams = streams
         self._ended = 0
 
@@ -77,14 +81,31 @@ class RequestEncoder:
     Huffman coding per header) was the largest single cost of a push.
     """
 
-    header_table_size = 4096  # h2 sets it on SETTINGS_HEADER_TABLE_SIZE; we never use the table
-
     def __init__(self):
         self._cache: dict[tuple, bytes] = {}
+        self._table_size = 4096  # RFC 7541's initial maximum
+        self._size_update = b""
+
+    @property
+    def header_table_size(self) -> int:
+        return self._table_size
+
+    @header_table_size.setter
+    def header_table_size(self, value: int) -> None:
+        # h2 sets this when the server's SETTINGS_HEADER_TABLE_SIZE arrives. RFC 7541 §4.2: a changed
+        # maximum must be acknowledged by a dynamic table size update at the start of the next
+        # block (hpack's decoder refuses the block otherwise). We never use the table, so 0 is the
+        # size we announce, whatever the server allows.
+        if value != self._table_size:
+            self._table_size = value
+            self._size_update = b"\x20"  # size update to 0 (RFC 7541 §6.3)
 
     def encode(self, headers, huffman: bool = True) -> bytes:
         cache = self._cache
         parts = []
+        if self._size_update:
+            parts.append(self._size_update)
+            self._size_update = b""
         for header in headers:
             block = cache.get(header)
             if block is None:
@@ -100,54 +121,3 @@ class RequestEncoder:
                     cache[header] = block
             parts.append(block)
         return b"".join(parts)
-
-
-class ResponseDecoder(Decoder):
-    """hpack's decoder, remembering what Huffman-coded strings decode to.
-
-    Servers repeat most response header values (date, server, content-type) and hpack decodes
-    Huffman one nibble at a time in Python: a quarter of a push's CPU went there. Everything else
-    (the dynamic table, limits) is hpack's own; tests/test_h2wire.py compares both decoders.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._huffman: dict[bytes, bytes] = {}
-
-    def _text(self, raw: bytes, huffman: bool) -> bytes:
-        if not huffman:
-            return raw
-        text = self._huffman.get(raw)
-        if text is None:
-            text = decode_huffman(raw)
-            if len(self._huffman) >= 512:  # apns-id values never repeat: keep the memory bounded
-                self._huffman.clear()
-            self._huffman[raw] = text
-        return text
-
-    def _decode_literal(self, data, should_index: bool):
-        """A literal header field (RFC 7541 §6.2): name by index or literal, then a literal value."""
-        data = bytes(data)
-        prefix_bits = 6 if should_index else 4
-        if data[0] & ((1 << prefix_bits) - 1):
-            index, pos = decode_integer(data, prefix_bits)
-            name = self.header_table.get_by_index(index)[0]
-        else:
-            length, used = decode_integer(data[1:], 7)
-            start = 1 + used
-            name = data[start:start + length]
-            if len(name) != length:
-                raise HPACKDecodingError("Truncated header block")
-            name = self._text(name, bool(data[1] & 0x80))
-            pos = start + length
-        length, used = decode_integer(data[pos:], 7)
-        start = pos + used
-        value = data[start:start + length]
-        if len(value) != length:
-            raise HPACKDecodingError("Truncated header block")
-        value = self._text(value, bool(data[pos] & 0x80))
-        if should_index:
-            self.header_table.add(name, value)
-        never_indexed = not should_index and bool(data[0] & 0x10)
-        header = (NeverIndexedHeaderTuple if never_indexed else HeaderTuple)(name, value)
-        return header, start + length

@@ -124,12 +124,28 @@ async def bench_ours(url: str, d: Path, n: int, rounds: int, streams: int) -> li
     return figures
 
 
+def use_library_hpack() -> None:
+    """Swap h2wire's request encoder for hpack's own (h2's default), all else unchanged."""
+    import hpack
+    from appliance.push import h2wire
+
+    plain_init = h2wire.APNsH2Connection.__init__
+
+    def init(self, streams, **kwargs):
+        plain_init(self, streams, **kwargs)
+        self.encoder = hpack.Encoder()
+
+    h2wire.APNsH2Connection.__init__ = init
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--server", choices=["nginx", "standin"], default="nginx")
     parser.add_argument("-n", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--streams", type=int, default=100, help="our own in-flight stream cap")
+    parser.add_argument("--hpack", choices=["ours", "library"], default="ours",
+                        help="library: hpack's own Encoder in place of h2wire's RequestEncoder (comparison)")
     parser.add_argument("--aioapns-python", help="python of a throwaway venv with aioapns installed")
     args = parser.parse_args()
 
@@ -142,10 +158,13 @@ def main() -> None:
                            "push.pem": push.cert_pem, "push.key": push.key_pem,
                            "push-combined.pem": push.cert_pem + push.key_pem}.items():
             (d / name).write_bytes(data)
+        if args.hpack == "library":
+            use_library_hpack()
         proc, port = start_server(args.server, d)
         try:
             url = f"https://localhost:{port}"
-            print(f"server: {args.server} on {url}, {args.n} pushes per round, one connection")
+            print(f"server: {args.server} on {url}, {args.n} pushes per round, one connection,"
+                  f" HPACK: {args.hpack}")
             ours = trio.run(bench_ours, url, d, args.n, args.rounds, args.streams)
             rates = sorted(f[0] for f in ours)
             cpus = sorted(f[1] for f in ours)

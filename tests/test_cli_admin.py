@@ -6,22 +6,29 @@ from __future__ import annotations
 import json
 import os
 import plistlib
+import re
 import sys
 from pathlib import Path
 
+import click
+import sqlite_utils
 import trio
+from click.testing import CliRunner
 
+from appliance.cli import main
 from appliance.store import queue
+from tests.apns_certs import make_ca, make_push_cert
 from tests.fleet_seed import command_plist, seed_devices
 from tests.harness import API_KEY, free_port, make_config, start_server
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-async def cli(config: Path, *args: str, stdin: bytes = b"") -> tuple[int, str, str]:
+async def cli(config: Path, *args: str, stdin: bytes = b"", **extra_env: str) -> tuple[int, str, str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     for name in ("MDM_APPLIANCE_URL", "MDM_APPLIANCE_API_KEY", "MDM_APPLIANCE_CA", "MDM_APPLIANCE_CONFIG"):
         env.pop(name, None)
+    env.update(extra_env)
     done = await trio.run_process([sys.executable, "-m", "appliance", *args, "--config", str(config)],
                                   stdin=stdin, capture_stdout=True, capture_stderr=True, check=False, env=env)
     return done.returncode, done.stdout.decode(), done.stderr.decode()
@@ -113,6 +120,10 @@ async def test_cli_failures_are_one_line_and_nonzero(nursery, tmp_path):
         assert code != 0, args
         last = err.strip().splitlines()[-1]
         assert last.startswith("error: ") and expected in last, (args, err)
+    # A wrong key (the API's 401 reason, one line), and the key read from the config otherwise.
+    code, out, err = await cli(config, "devices", MDM_APPLIANCE_API_KEY="not-the-key-0123456789")
+    assert code == 1 and out == "" and len(err.strip().splitlines()) == 1
+    assert err.startswith("error: ") and "401" in err and "API key" in err, err
     server.stop()
     await trio.sleep(0.5)
     code, out, err = await cli(config, "devices")
@@ -123,12 +134,18 @@ async def test_backup_while_running_restores_by_pointing_data_dir_at_it(tmp_path
     live = tmp_path / "live"
     live.mkdir()
     backup = tmp_path / "backup"
+    push_cert = make_push_cert(make_ca("Backup test push CA"))
     async with trio.open_nursery() as nursery:
         config, server, ids = await _server(nursery, live)
         command_uuid, body = command_plist()
         await server.runtime.store.write(queue.enqueue, command_uuid, "DeviceInformation", body, ids)
+        async with server.api_client() as api:  # the push certificate lives in the database
+            imported = await api.put("/v1/pushcert", content=push_cert.cert_pem + push_cert.key_pem)
+            assert imported.status_code == 200, imported.text
+            topic = imported.json()["topic"]
         code, out, err = await cli(config, "backup", str(backup))
         assert code == 0, err
+        assert "3 devices, 6 enrollments, 3 queued commands" in err and "1 push certificates" in err, err
         code, out, err = await cli(config, "backup", str(backup))
         assert code == 1 and "not an empty folder" in err
         # Written after the backup: must not be in it.
@@ -139,6 +156,16 @@ async def test_backup_while_running_restores_by_pointing_data_dir_at_it(tmp_path
 
     names = sorted(path.name for path in backup.iterdir())
     assert {"appliance.db", "ca.crt", "ca.key", "server.crt", "server.key"} <= set(names), names
+    assert not [name for name in names if name.endswith(("-wal", "-shm"))]
+    for name in ("ca.key", "server.key"):
+        assert (backup / name).read_bytes() == (server.config.data_dir / name).read_bytes()
+    copy = sqlite_utils.Database(backup / "appliance.db")  # read by another library than the server's
+    try:
+        assert copy["queue"].count == 3 and copy["devices"].count == 3
+        [stored] = list(copy["push_certificates"].rows)
+        assert stored["topic"] == topic
+    finally:
+        copy.close()
     assert oct(backup.stat().st_mode & 0o777) == "0o700"
     assert (backup / "ca.key").stat().st_mode & 0o077 == 0
 
@@ -153,6 +180,10 @@ async def test_backup_while_running_restores_by_pointing_data_dir_at_it(tmp_path
             assert [device["id"] for device in devices] == ids
             assert (await api.get(f"/v1/commands/{command_uuid}")).status_code == 200
             assert (await api.get(f"/v1/commands/{later_uuid}")).status_code == 404
+            restored_cert = await api.get("/v1/pushcert")
+            assert restored_cert.status_code == 200 and restored_cert.json()["topic"] == topic
+        assert server.runtime.push.certificate is not None  # loaded from the copy, usable for APNs
+        assert server.runtime.push.certificate.topic == topic
         server.stop()
 
 
@@ -163,3 +194,23 @@ async def test_cli_uses_the_separate_api_listener(nursery, tmp_path):
     code, out, err = await cli(config, "devices", "--json")
     assert code == 0, err
     assert len(json.loads(out)) == 1
+
+
+def _commands(group: click.Group, prefix: tuple[str, ...] = ()):
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            yield from _commands(command, (*prefix, name))
+        else:
+            yield (*prefix, name)
+
+
+def test_every_command_has_help_with_an_example():
+    runner = CliRunner()
+    names = list(_commands(main))
+    assert {"devices", "device", "commands", "command", "enqueue", "push", "clear-queue", "challenge",
+            "backup"} <= {" ".join(name) for name in names}
+    for name in names:
+        result = runner.invoke(main, [*name, "--help"])
+        assert result.exit_code == 0, name
+        example = re.compile(rf"^\s*(Example:\s*)?mdm-appliance {re.escape(' '.join(name))}(\s|$)", re.M)
+        assert example.search(result.output), f"{' '.join(name)}: no example in --help"

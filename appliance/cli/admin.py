@@ -116,7 +116,12 @@ def devices(config_path, as_json, serial, udid, active) -> None:
 @json_option
 @click.argument("device_id")
 def device(config_path, as_json, device_id) -> None:
-    """Show one device with its channels (device and users)."""
+    """Show one device with its channels (device and users).
+
+    \b
+    mdm-appliance device 0000FE00-1234ABCD5678EF90
+    mdm-appliance device 0000FE00-1234ABCD5678EF90 --json | jq .enrollments
+    """
     _, found = _client(config_path).call("GET", _path("devices", device_id))
     if as_json:
         _print_json(found)
@@ -138,7 +143,12 @@ def device(config_path, as_json, device_id) -> None:
 @click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True, help="How many, newest first.")
 @click.argument("enrollment_id")
 def device_commands(config_path, as_json, limit, enrollment_id) -> None:
-    """Pending and past commands of a device (or of one user channel), newest first."""
+    """Pending and past commands of a device (or of one user channel), newest first.
+
+    \b
+    mdm-appliance commands 0000FE00-1234ABCD5678EF90 --limit 10
+    mdm-appliance commands 0000FE00-1234ABCD5678EF90 --json | jq -r '.[] | select(.pending) | .command_uuid'
+    """
     _, page = _client(config_path).call("GET", _path("devices", enrollment_id, "commands", limit=limit))
     if as_json:
         _print_json(page["commands"])
@@ -155,7 +165,12 @@ def device_commands(config_path, as_json, limit, enrollment_id) -> None:
 @click.option("--enrollment", "enrollment_id", help="The enrollment whose result to show.")
 @click.argument("command_uuid")
 def command(config_path, as_json, raw, enrollment_id, command_uuid) -> None:
-    """A command's status per enrollment, and its results."""
+    """A command's status per enrollment, and its results.
+
+    \b
+    mdm-appliance command 6f1b8e1c-1f0a-4c55-9f0e-0d7c2f0e9a11
+    mdm-appliance command 6f1b8e1c-1f0a-4c55-9f0e-0d7c2f0e9a11 --plist --enrollment 0000FE00-1234ABCD5678EF90
+    """
     client = _client(config_path)
     if raw:
         _, data = client.call("GET", _path("commands", command_uuid, format="plist", enrollment_id=enrollment_id))
@@ -247,7 +262,12 @@ def enqueue(config_path, as_json, ids, plist_file, request_type, keys, nopush) -
 @json_option
 @click.argument("ids", nargs=-1, required=True)
 def push(config_path, as_json, ids) -> None:
-    """Send an APNs push to enrollments now (ID "-" reads ids from stdin)."""
+    """Send an APNs push to enrollments now (ID "-" reads ids from stdin); prints each APNs id or error.
+
+    \b
+    mdm-appliance push 0000FE00-1234ABCD5678EF90
+    mdm-appliance devices --json | jq -r '.[].id' | mdm-appliance push -
+    """
     status, answer = _client(config_path).call("POST", _path("push", ",".join(_ids(ids))), ok=(200, 207, 500))
     _report_outcomes(answer, as_json, status)
 
@@ -257,7 +277,11 @@ def push(config_path, as_json, ids) -> None:
 @json_option
 @click.argument("enrollment_id")
 def clear_queue(config_path, as_json, enrollment_id) -> None:
-    """Take every pending command off an enrollment's queue."""
+    """Take every pending command off an enrollment's queue.
+
+    \b
+    mdm-appliance clear-queue 0000FE00-1234ABCD5678EF90
+    """
     _, answer = _client(config_path).call("DELETE", _path("devices", enrollment_id, "queue"))
     if as_json:
         _print_json(answer)
@@ -278,7 +302,11 @@ def backup(config_path, dest: Path) -> None:
     """Copy the database (online, consistent) and data_dir's secrets into DEST, a new folder.
 
     To restore, point [storage] data_dir at DEST (or copy it into place) and start the appliance.
-    DEST holds the CA key and the API key: keep it as private as data_dir.
+    DEST holds the CA key, the push certificate's key (in the database) and the API key: keep it as
+    private as data_dir.
+
+    \b
+    mdm-appliance backup /var/backups/mdm-$(date +%F)
     """
     config = load_config_or_exit(config_path)
     source_dir = config.data_dir
@@ -289,17 +317,24 @@ def backup(config_path, dest: Path) -> None:
         raise CliError(f"{dest} exists and is not an empty folder")
     try:
         dest.mkdir(mode=0o700, parents=True, exist_ok=True)
-        copied_db = _backup_database(source_db, dest / DB_NAME)
+        contents = _backup_database(source_db, dest / DB_NAME)
         files = _copy_secrets(source_dir, dest)
     except (OSError, sqlite3.Error) as exc:
         raise CliError(f"backup failed: {exc}") from None
-    click.echo(f"backed up {source_dir} to {dest}: database ({copied_db} bytes) and {len(files)} file(s): "
+    held = ", ".join(f"{count} {what}" for what, count in contents.items())
+    click.echo(f"backed up {source_dir} to {dest}: database ({held}) and {len(files)} file(s): "
                f"{', '.join(files)}", err=True)
 
 
-def _backup_database(source: Path, target: Path) -> int:
+# What the backup summary counts (table -> words): enough for an operator to see the copy is the fleet.
+_SUMMARY = {"devices": "devices", "enrollments": "enrollments", "queue": "queued commands",
+            "results": "results", "push_certificates": "push certificates", "outbox": "undelivered events"}
+
+
+def _backup_database(source: Path, target: Path) -> dict[str, int]:
     """SQLite's online backup from inside one read transaction: a consistent snapshot while the server
-    keeps writing (WAL lets it), copied in steps so the progress bar moves."""
+    keeps writing (WAL lets it), copied in steps so the progress bar moves. Returns what the copy holds,
+    read back from the copy itself after its integrity check."""
     src = sqlite3.connect(str(source), isolation_level=None, timeout=30)  # reads only
     old_umask = os.umask(0o077)
     try:
@@ -318,16 +353,21 @@ def _backup_database(source: Path, target: Path) -> int:
 
                 src.backup(dst, pages=512, progress=progress)
             src.execute("COMMIT")
-            check = dst.execute("PRAGMA integrity_check").fetchone()[0]
+            import sqlite_utils  # here, not at the top: ~0.25 s every other command should not pay
+
+            copy = sqlite_utils.Database(dst)
+            check = copy.execute("PRAGMA integrity_check").fetchone()[0]
             if check != "ok":
                 raise sqlite3.DatabaseError(f"the copy fails its integrity check: {check}")
+            tables = set(copy.table_names())
+            contents = {words: copy[table].count for table, words in _SUMMARY.items() if table in tables}
             dst.execute("PRAGMA journal_mode=WAL")
         finally:
             dst.close()
     finally:
         os.umask(old_umask)
         src.close()
-    return target.stat().st_size
+    return contents
 
 
 def _copy_secrets(source_dir: Path, dest: Path) -> list[str]:

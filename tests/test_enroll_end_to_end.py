@@ -3,6 +3,7 @@ the profile's challenge, checks in with that identity and receives a command."""
 
 from __future__ import annotations
 
+import hashlib
 import plistlib
 import uuid
 from urllib.parse import urlsplit
@@ -31,6 +32,8 @@ async def test_device_enrolls_through_scep_and_receives_a_command(tmp_path, nurs
             ca_der = (await http.get(scep_path, params={"operation": "GetCACert"})).content
             ca = x509.load_der_x509_certificate(ca_der)
             assert payloads["com.apple.security.root"]["PayloadContent"] == ca_der
+            # A device refuses a CA whose fingerprint differs from the payload's CAFingerprint.
+            assert scep["CAFingerprint"] == hashlib.sha1(ca_der).digest()
             common_name = dict((k, v) for [[k, v]] in scep["Subject"])["CN"]
             requester = client.Requester(common_name=common_name, challenge=scep["Challenge"])
             request = client.pkcs_req(requester, ca, cipher="aes256", digest="sha256")

@@ -125,6 +125,8 @@ async def test_served_profile_has_every_key_and_its_urls_answer(tmp_path, nurser
             assert scep["Challenge"] == "test-challenge"
             assert (scep["Keysize"], scep["Key Type"], scep["Key Usage"]) == (2048, "RSA", 5)
             assert scep["Subject"][0] == [["O", "mdm-appliance"]]
+            ca_der = (await http.get("/scep", params={"operation": "GetCACert"})).content
+            assert scep["CAFingerprint"] == hashlib.sha1(ca_der).digest()  # Apple: MD5 or SHA-1
             mdm = payloads["com.apple.mdm"]
             assert mdm["IdentityCertificateUUID"] == payloads["com.apple.security.scep"]["PayloadUUID"]
             assert mdm["Topic"] == topic
@@ -210,6 +212,47 @@ async def test_cli_writes_the_same_profile_offline(tmp_path, nursery):
     assert payloads["com.apple.security.scep"]["PayloadContent"]["Challenge"] == "test-challenge"
 
 
+def _without_per_download_values(profile: dict) -> dict:
+    """What differs between two downloads: UUIDs, the identity's CN, a one-time challenge."""
+    profile = dict(profile, PayloadUUID=None)
+    payloads = []
+    for payload in profile["PayloadContent"]:
+        payload = dict(payload, PayloadUUID=None)
+        if "IdentityCertificateUUID" in payload:
+            payload["IdentityCertificateUUID"] = None
+        if payload["PayloadType"] == "com.apple.security.scep":
+            payload["PayloadContent"] = dict(payload["PayloadContent"], Challenge=None,
+                                             Subject=payload["PayloadContent"]["Subject"][:1])
+        payloads.append(payload)
+    profile["PayloadContent"] = payloads
+    return profile
+
+
+async def test_cli_profile_equals_the_served_one_and_its_one_time_challenge_enrolls_once(tmp_path, nursery):
+    server, _ = await enrollment_server(nursery, tmp_path, one_time_challenge=True, scep_challenge=None)
+    out = tmp_path / "cli.mobileconfig"
+    try:
+        result = await _run_cli("enroll-profile", "--config", str(server.config_path), "--out", str(out))
+        assert result.exit_code == 0, result.output
+        from_cli = plistlib.loads(out.read_bytes())
+        async with server.client() as http:
+            served = plistlib.loads(await download(http))
+            assert _without_per_download_values(from_cli) == _without_per_download_values(served)
+            challenge = by_type(from_cli)["com.apple.security.scep"]["PayloadContent"]["Challenge"]
+            assert challenge != by_type(served)["com.apple.security.scep"]["PayloadContent"]["Challenge"]
+            # The CLI minted it in the running server's database: it enrolls once, then never again.
+            ca = x509.load_der_x509_certificate(
+                (await http.get("/scep", params={"operation": "GetCACert"})).content)
+            statuses = []
+            for _ in range(2):
+                request = client.pkcs_req(client.Requester(challenge=challenge), ca)
+                response = await http.post("/scep?operation=PKIOperation", content=request.der)
+                statuses.append(client.read_cert_rep(response.content, ca, request).status)
+        assert statuses == [0, 2]
+    finally:
+        server.stop()
+
+
 async def test_start_warns_when_profile_urls_changed(tmp_path, nursery, caplog):
     server, _ = await enrollment_server(nursery, tmp_path)
     async with server.client() as http:
@@ -228,3 +271,11 @@ async def test_start_warns_when_profile_urls_changed(tmp_path, nursery, caplog):
     assert health["checks"]["enrollment"]["status"] == "warning"
     assert health["checks"]["enrollment"]["profile_url_changes"]
     second.stop()
+
+
+async def test_cli_refuses_an_http_public_url(tmp_path):
+    config = make_config(tmp_path, server={"public_url": "http://mdm.internal", "tls": False})
+    result = await _run_cli("enroll-profile", "--config", str(config), "--out", str(tmp_path / "p"))
+    assert result.exit_code == 1
+    assert "https" in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "p").exists()

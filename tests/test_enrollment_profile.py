@@ -95,3 +95,23 @@ def test_pkcs12_identity_replaces_scep():
 def test_no_topic_no_profile(topic):
     with pytest.raises(ProfileError, match="mdm-appliance push-cert import"):
         build_enrollment_profile(_settings(topic=topic))
+
+
+def test_scep_ca_fingerprint_is_plist_data():
+    identity = ScepIdentity(challenge="c", subject_common_name="x", ca_fingerprint=bytes(range(20)))
+    content = _by_type(_read(_settings(identity=identity)))["com.apple.security.scep"]["PayloadContent"]
+    assert content["CAFingerprint"] == bytes(range(20))  # plistlib reads <data> back as bytes
+
+
+def test_every_payload_has_the_common_keys_with_apple_types():
+    for identity in (ScepIdentity(challenge="c", subject_common_name="x"), Pkcs12Identity(b"p12", "pw")):
+        for payload in _read(_settings(identity=identity))["PayloadContent"]:
+            assert isinstance(payload["PayloadType"], str) and payload["PayloadType"].startswith("com.apple.")
+            assert type(payload["PayloadVersion"]) is int
+            assert isinstance(payload["PayloadIdentifier"], str)
+            assert str(uuid.UUID(payload["PayloadUUID"])).upper() == payload["PayloadUUID"]
+
+
+def test_an_http_public_url_builds_no_profile():
+    with pytest.raises(ProfileError, match="https"):
+        build_enrollment_profile(_settings(public_url="http://mdm.example.org"))

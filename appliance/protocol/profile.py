@@ -28,7 +28,7 @@ class ScepIdentity:
     challenge: str
     subject_common_name: str
     name: str = "mdm-appliance"
-    ca_fingerprint: bytes | None = None  # SHA-1 of the CA certificate, if pinned
+    ca_fingerprint: bytes | None = None  # CAFingerprint: SHA-1 of the CA certificate DER
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,16 @@ def enrolled_urls(public_url: str, topic: str) -> EnrolledUrls:
     return EnrolledUrls(topic=topic, server_url=base + SERVER_PATH, checkin_url=base + CHECKIN_PATH)
 
 
+def check_public_url(public_url: str) -> None:
+    """Apple's schema: ServerURL and CheckInURL must begin with https://, or the device refuses
+    the profile. (The config allows http:// with [server] tls = false, for the proxy's own side.)"""
+    if not public_url.lower().startswith("https://"):
+        raise ProfileError(
+            f"[server] public_url {public_url!r} is not https://: devices only enroll with an https "
+            "ServerURL; set public_url to the https address devices reach (e.g. the TLS proxy's)"
+        )
+
+
 def _payload(kind: str, identifier: str, display_name: str, **content) -> dict:
     return {
         "PayloadType": kind,
@@ -80,6 +90,7 @@ def build_enrollment_profile(settings: ProfileSettings) -> dict:
             "no push certificate imported: the profile needs its topic; "
             "import one with `mdm-appliance push-cert import`"
         )
+    check_public_url(settings.public_url)
     base = settings.public_url.rstrip("/")
     ident = settings.identifier
     payloads = []

@@ -33,6 +33,7 @@ from appliance.protocol.profile import (
     ProfileSettings,
     ScepIdentity,
     build_enrollment_profile,
+    check_public_url,
     encode_profile,
     enrolled_urls,
 )
@@ -158,6 +159,7 @@ class ProfileInputs:
 
 def prepare_profile(conn: sqlite3.Connection, config: Config) -> ProfileInputs:
     """Inside one write transaction: what the profile needs from the database."""
+    check_public_url(config.server.public_url)  # before anything is minted or recorded
     topic = push_topic(conn)
     if not topic:
         raise ProfileError(
@@ -218,6 +220,17 @@ def issue_pkcs12(config: Config, ca: ApplianceCA) -> tuple[Pkcs12Identity, scep_
     return Pkcs12Identity(pkcs12=data, password=password), record
 
 
+def scep_ca_fingerprint(ca_der: bytes) -> bytes:
+    """The SCEP payload's CAFingerprint: the device refuses a GetCACert answer that does not match.
+
+    SHA-1, not SHA-256: Apple documents the key as an MD5 or SHA-1 fingerprint of the CA
+    certificate (Profile Manager's and Configurator's SCEP settings); a longer hash is not
+    documented to work. Matching an existing certificate takes a second preimage, which SHA-1
+    still resists (its weakness is collisions between two certificates an attacker makes).
+    """
+    return hashlib.sha1(ca_der).digest()
+
+
 def render_profile(config: Config, ca: ApplianceCA, inputs: ProfileInputs, *, server_cert_from_ca: bool,
                    tls_cert: Path | None, tls_key: Path | None
                    ) -> tuple[bytes, scep_store.IssuedCertificate | None]:
@@ -229,7 +242,8 @@ def render_profile(config: Config, ca: ApplianceCA, inputs: ProfileInputs, *, se
         assert inputs.challenge is not None
         identity = ScepIdentity(challenge=inputs.challenge,
                                 subject_common_name=f"MDM identity {uuid.uuid4()}",
-                                name=config.server.organization)
+                                name=config.server.organization,
+                                ca_fingerprint=scep_ca_fingerprint(ca.certificate_der))
     settings = ProfileSettings(
         public_url=config.server.public_url,
         organization=config.server.organization,

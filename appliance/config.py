@@ -213,6 +213,10 @@ class EnrollmentConfig(Section):
     one_time_challenge: bool = False
     certificate_validity_days: int = Field(default=365, ge=1, le=3650)
     challenge_ttl: Seconds = 3600.0
+    # After this many wrong SCEP challenges from one address within challenge_guess_window, that
+    # address's challenges fail until the window has passed (0: no limit).
+    challenge_guess_limit: int = Field(default=10, ge=0)
+    challenge_guess_window: Seconds = 600.0
     sign_profile: bool = False
     profile_identifier: str = "org.mdm-appliance.enroll"
 

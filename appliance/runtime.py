@@ -10,6 +10,7 @@ from typing import Any
 
 from appliance.config import Config
 from appliance.identity.ca import ApplianceCA
+from appliance.identity.guesses import GuessLimit
 from appliance.metrics import Metrics
 from appliance.store.db import Store
 
@@ -35,3 +36,9 @@ class Runtime:
     health_checks: list[HealthCheck] = field(default_factory=list)
     # Short phrases for systemd's STATUS= line, e.g. "push cert com.apple.mgmt.X expires in 200 days".
     status_phrases: list[Callable[[], Awaitable[str | None]]] = field(default_factory=list)
+    # Wrong SCEP challenges per client address, limited as [enrollment] says.
+    scep_guesses: GuessLimit = field(init=False)
+
+    def __post_init__(self) -> None:
+        enrollment = self.config.enrollment
+        self.scep_guesses = GuessLimit(enrollment.challenge_guess_limit, enrollment.challenge_guess_window)

@@ -264,3 +264,50 @@ async def test_concurrent_requests_on_one_one_time_challenge(server):
     assert sorted(answers[i].status for i in (0, 1)) == [0, 2]
     assert answers[2].status == answers[3].status == 0
     assert answers[2].certificates == answers[3].certificates
+
+
+async def _challenge_statuses(http, ca, challenges, headers=None) -> list[tuple[int, int | None]]:
+    answers = []
+    for challenge in challenges:
+        request = client.pkcs_req(client.Requester(challenge=challenge), ca)
+        response = await http.post(PKI, content=request.der, headers=headers or {})
+        answer = client.read_cert_rep(response.content, ca, request)
+        answers.append((answer.status, answer.fail_info))
+    return answers
+
+
+async def test_guessing_challenges_gets_the_address_refused(tmp_path, nursery, caplog):
+    config = make_config(tmp_path, enrollment={"challenge_guess_limit": 3})
+    server = await start_server(nursery, config)
+    try:
+        async with server.client() as http:
+            ca = await _ca_cert(http)
+            # A forged X-Forwarded-For from a peer that is no trusted proxy changes nothing.
+            answers = await _challenge_statuses(http, ca, ["guess-1", "guess-2", "guess-3", "test-challenge"],
+                                                headers={"X-Forwarded-For": "198.51.100.7"})
+        # The right challenge is refused too, like a wrong one: the answer never confirms a hit.
+        assert answers == [(2, 2)] * 4
+        assert await server.runtime.store.read(scep_store.count_issued) == 0
+        limited = [r for r in caplog.records if r.getMessage() == "scep_challenge_guessing_limited"]
+        assert len(limited) == 1 and limited[0].fields["client"] == "127.0.0.1"
+    finally:
+        server.stop()
+
+
+async def test_behind_a_trusted_proxy_the_forwarded_address_is_limited(tmp_path, nursery):
+    config = make_config(tmp_path, enrollment={"challenge_guess_limit": 2},
+                         identity={"trusted_proxies": ["127.0.0.1"]})
+    server = await start_server(nursery, config)
+    try:
+        async with server.client() as http:
+            ca = await _ca_cert(http)
+            guesser = {"X-Forwarded-For": "203.0.113.9, 198.51.100.7"}  # the proxy appended the last
+            guessed = await _challenge_statuses(http, ca, ["guess-1", "guess-2", "test-challenge"], guesser)
+            # Another client behind the same proxy still enrolls, though it claims the guesser's
+            # address first: only the proxy's entry counts.
+            other = await _challenge_statuses(http, ca, ["test-challenge"],
+                                              {"X-Forwarded-For": "198.51.100.7, 192.0.2.44"})
+        assert guessed == [(2, 2)] * 3
+        assert other == [(0, None)]
+    finally:
+        server.stop()

@@ -62,7 +62,8 @@ def _type_label(message_type: int) -> str:
         return "UNKNOWN"
 
 
-async def pki_operation(runtime, der: bytes) -> ScepAnswer:
+async def pki_operation(runtime, der: bytes, client: str | None = None) -> ScepAnswer:
+    """`client`: the requester's address, for the challenge-guessing limit (identity.guesses)."""
     try:
         request = scep.parse_pki_message(der)
     except ScepError as exc:
@@ -72,7 +73,7 @@ async def pki_operation(runtime, der: bytes) -> ScepAnswer:
         return _failure(runtime, exc.request, exc.fail_info, exc.reason)
     try:
         if request.message_type in (MessageType.PKCS_REQ, MessageType.RENEWAL_REQ):
-            return await _enroll(runtime, request)
+            return await _enroll(runtime, request, client)
         if request.message_type == MessageType.CERT_POLL:
             return await _poll(runtime, request)
         if request.message_type == MessageType.GET_CERT:
@@ -82,7 +83,7 @@ async def pki_operation(runtime, der: bytes) -> ScepAnswer:
         return _failure(runtime, request, exc.fail_info, exc.reason)
 
 
-async def _enroll(runtime, request: PkiMessage) -> ScepAnswer:
+async def _enroll(runtime, request: PkiMessage, client: str | None) -> ScepAnswer:
     ca = runtime.ca
     content = scep.open_envelope(request, ca.certificate, ca.key)
     csr = scep.parse_certification_request(content, request)
@@ -96,9 +97,11 @@ async def _enroll(runtime, request: PkiMessage) -> ScepAnswer:
     # Which challenge this request spends: None when it needs none (static challenge or a
     # renewal signed by our identity). A one-time challenge is checked here (a read, so a
     # wrong one costs no issuing) and spent atomically with the record below.
-    authorized, one_time = await _authorization(runtime, request, csr, now)
+    authorized, one_time = await _authorization(runtime, request, csr, now, client)
     if not authorized:
-        return _failure(runtime, request, FailInfo.BAD_REQUEST, "challenge password missing or wrong")
+        limited = runtime.scep_guesses.blocked(client)
+        return _wrong_challenge(runtime, request, client, "too many wrong challenges from this address"
+                                if limited else "challenge password missing or wrong")
 
     settings = runtime.config.enrollment
     certificate = ca.issue(csr.csr.public_key(), csr.csr.subject,
@@ -117,7 +120,7 @@ async def _enroll(runtime, request: PkiMessage) -> ScepAnswer:
     if outcome == scep_store.REPLAYED:  # a copy of this request got there first
         return _replay(runtime, request, recorded, csr_sha256)
     if outcome == scep_store.CHALLENGE_SPENT:
-        return _failure(runtime, request, FailInfo.BAD_REQUEST, "one-time challenge already used")
+        return _wrong_challenge(runtime, request, client, "one-time challenge already used")
     runtime.metrics.scep_issued.labels(_type_label(request.message_type)).inc()
     runtime.metrics.scep_requests.labels(_type_label(request.message_type), "success").inc()
     log.info("scep_issued", transaction_id=request.transaction_id, serial=issued.serial,
@@ -136,8 +139,15 @@ def _replay(runtime, request: PkiMessage, recorded: scep_store.IssuedCertificate
     return _success(runtime, request, x509.load_der_x509_certificate(recorded.certificate))
 
 
+def _wrong_challenge(runtime, request: PkiMessage, client: str | None, reason: str) -> ScepAnswer:
+    if runtime.scep_guesses.wrong_guess(client):
+        log.warning("scep_challenge_guessing_limited", client=client,
+                    limit=runtime.scep_guesses.limit, window_seconds=runtime.scep_guesses.window)
+    return _failure(runtime, request, FailInfo.BAD_REQUEST, reason)
+
+
 async def _authorization(runtime, request: PkiMessage, csr: scep.CertificationRequest,
-                         now) -> tuple[bool, str | None]:
+                         now, client: str | None) -> tuple[bool, str | None]:
     """(authorized, one-time challenge to spend)."""
     if (request.message_type == MessageType.RENEWAL_REQ
             and scep.renewal_signer_is_ours(request, runtime.ca.certificate, now)
@@ -145,6 +155,9 @@ async def _authorization(runtime, request: PkiMessage, csr: scep.CertificationRe
         # Signed by a valid identity we issued, for the same subject: no challenge needed
         # (RFC 8894 2.4). Another subject would let one device mint identities for others.
         return True, None
+    if runtime.scep_guesses.blocked(client):
+        # Refused like a wrong challenge, whatever it is: the answer must not confirm a hit.
+        return False, None
     given = csr.challenge_password
     if not given:
         return False, None

@@ -13,6 +13,7 @@ from urllib.parse import unquote
 
 from quart import Blueprint, Response, request
 
+from appliance.identity.peer import is_trusted_proxy
 from appliance.service import scep as scep_service
 from appliance.web.app import runtime
 from appliance.web.errors import text_error
@@ -32,6 +33,17 @@ def decode_get_message(text: str) -> bytes | None:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         return None
+
+
+def client_address() -> str | None:
+    """Who sent the request, for the challenge-guessing limit: the TCP peer, or behind one of
+    `[identity] trusted_proxies` the address that proxy appended to X-Forwarded-For (the last
+    one: anything before it was written by the client and proves nothing)."""
+    peer = request.remote_addr
+    if is_trusted_proxy(peer, runtime().config.identity.trusted_proxies):
+        forwarded = request.headers.get("X-Forwarded-For", "").rsplit(",", 1)[-1].strip()
+        return forwarded or peer
+    return peer
 
 
 def _answer(answer: scep_service.ScepAnswer) -> Response:
@@ -63,4 +75,4 @@ async def scep_endpoint() -> Response:
             return text_error(400, "the message parameter is not base64")
     if len(message) > MAX_MESSAGE:
         return text_error(413, "SCEP message too large")
-    return _answer(await scep_service.pki_operation(rt, message))
+    return _answer(await scep_service.pki_operation(rt, message, client_address()))

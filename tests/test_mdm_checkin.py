@@ -131,15 +131,19 @@ async def test_user_authenticate_accepted_when_configured(nursery, tmp_path):
     mdm.server.stop()
 
 
-@pytest.mark.parametrize("message_type, keys", [
-    ("GetToken", {"TokenServiceType": "com.apple.maid"}),
-    ("DeclarativeManagement", {"Endpoint": "tokens"}),
+@pytest.mark.parametrize("message_type, keys, status, reason", [
+    # Apple: a service type the server does not recognize is answered 400.
+    ("GetToken", {"TokenServiceType": "com.apple.maid"}, 400,
+     "GetToken: TokenServiceType com.apple.maid is not offered"),
+    # Apple documents 404 for a declaration the server does not have.
+    ("DeclarativeManagement", {"Endpoint": "tokens"}, 404, "DeclarativeManagement is not offered"),
 ])
-async def test_services_not_offered_yet(mdm, message_type, keys):
+async def test_services_not_offered_yet(mdm, message_type, keys, status, reason):
     async with mdm.device("UDID-I") as device:
         await device.enroll()
         reply = await device.checkin(message_type, **keys)
-        assert reply.status == 404 and f"{message_type} is not offered" in reply.text
+        assert (reply.status, reply.content_type) == (status, "text/plain; charset=utf-8")
+        assert reason in reply.text
 
 
 async def test_unknown_message_type_is_400_naming_it(mdm):

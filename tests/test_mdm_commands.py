@@ -103,15 +103,22 @@ async def test_same_status_twice_is_stored_once(mdm):
     assert len(results) == 1 and plistlib.loads(results[0]["raw"])["First"] is True
 
 
-async def test_unknown_command_uuid_gets_200_and_next_command_and_is_not_stored(mdm):
+async def _strays(mdm, enrollment_id="DEV-1"):
+    return [(r["command_uuid"], r["status"]) for r in await mdm.rows(
+        "SELECT command_uuid, status FROM stray_reports WHERE enrollment_id = ? ORDER BY id", enrollment_id)]
+
+
+async def test_unknown_command_uuid_gets_200_and_next_command_and_is_stored_against_nothing(mdm):
     async with mdm.device("DEV-1") as device:
         await device.enroll()
         await mdm.enqueue("REAL-1", ["DEV-1"])
         reply = await device.acknowledge("NEVER-QUEUED")
         assert reply.status == 200 and reply.command_uuid == "REAL-1"
+        assert (await device.acknowledge("NEVER-QUEUED")).status == 200  # sent twice, kept once
         assert (await device.not_now("NEVER-QUEUED-2")).command_uuid == "REAL-1"
     assert await _results(mdm) == []
     assert await _pending(mdm) == ["REAL-1"]
+    assert await _strays(mdm) == [("NEVER-QUEUED", "Acknowledged"), ("NEVER-QUEUED-2", "NotNow")]
 
 
 async def test_report_for_another_devices_command_changes_nothing_of_theirs(mdm):
@@ -122,6 +129,7 @@ async def test_report_for_another_devices_command_changes_nothing_of_theirs(mdm)
         reply = await two.acknowledge("ONES-1")
         assert (reply.status, reply.body) == (200, b"")
         assert await _results(mdm, "DEV-2") == []
+        assert await _strays(mdm, "DEV-2") == [("ONES-1", "Acknowledged")]
         assert await _pending(mdm, "DEV-1") == ["ONES-1"]
         assert (await one.idle()).command_uuid == "ONES-1"
 

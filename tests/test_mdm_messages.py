@@ -71,6 +71,7 @@ def test_token_update_decodes_push_fields():
       "AwaitingConfiguration": 1}, "AwaitingConfiguration must be a boolean"),
     ({"MessageType": "Authenticate", "UDID": "U1"}, "missing key Topic"),
     ({"MessageType": "Authenticate", "Topic": "T"}, "missing key UDID"),
+    ({"MessageType": "GetToken", "UDID": "U1"}, "missing key TokenServiceType"),
 ])
 def test_checkin_refusals_name_the_key(keys, reason):
     with pytest.raises(MessageError, match=reason):
@@ -145,7 +146,9 @@ def test_answers():
     assert sent.content_type == "application/xml; charset=UTF-8" and sent.body == b"<plist/>"
     assert plistlib.loads(answers.DIGEST_CHALLENGE.body) == {"DigestChallenge": ""}
     assert answers.USER_AUTHENTICATE_DECLINED.status == 410
-    assert answers.not_offered("GetToken").status == 404
+    assert answers.not_offered("DeclarativeManagement").status == 404
+    assert answers.token_service_not_offered("com.apple.maid").status == 400
+    assert "'\\x00" in answers.token_service_not_offered("\x00" * 100).body.decode()
     with pytest.raises(AssertionError):
         answers.refusal(401, "never")
 

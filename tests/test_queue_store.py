@@ -55,12 +55,35 @@ def test_fifo_and_final_status_takes_command_off(conn):
     assert queue.next_command(conn, "dev-b") is None
 
 
-def test_reports_for_commands_never_given_are_not_stored(conn):
+def test_reports_for_commands_never_given_are_kept_against_nothing(conn):
     queue.enqueue(conn, "CA", "X", _body("CA"), ["dev-a"])
     assert queue.store_report(conn, "dev-b", "CA", "Acknowledged", b"spoof") == "unknown"
+    assert queue.store_report(conn, "dev-b", "CA", "Acknowledged", b"spoof") == "unknown"  # kept once
     assert queue.store_report(conn, "dev-b", "NOPE", "NotNow", b"x") == "unknown"
     assert conn.execute("SELECT count(*) FROM results").fetchone()[0] == 0
     assert queue.next_command(conn, "dev-a")[0] == "CA"
+    strays = queue.stray_reports(conn, "dev-b")
+    assert [(r["command_uuid"], r["status"], r["raw"]) for r in strays] == [
+        ("NOPE", "NotNow", b"x"), ("CA", "Acknowledged", b"spoof")]
+    assert queue.stray_reports(conn, "dev-a") == []
+
+
+def test_stray_reports_keep_only_the_newest_per_enrollment(conn):
+    for n in range(queue.STRAY_REPORTS_KEPT + 5):
+        assert queue.store_report(conn, "dev-a", f"S{n}", "Error", b"x") == "unknown"
+    queue.store_report(conn, "dev-b", "B0", "Error", b"x")
+    kept = [r["command_uuid"] for r in queue.stray_reports(conn, "dev-a", limit=1000)]
+    assert kept == [f"S{n}" for n in reversed(range(5, queue.STRAY_REPORTS_KEPT + 5))]
+    assert len(queue.stray_reports(conn, "dev-b")) == 1
+
+
+def test_not_now_for_a_command_cancelled_after_it_was_sent_is_not_stray(conn):
+    queue.enqueue(conn, "K2", "X", _body("K2"), ["dev-a"])
+    queue.next_command(conn, "dev-a")
+    queue.cancel_command(conn, "K2")
+    assert queue.store_report(conn, "dev-a", "K2", "NotNow", b"nn") == "not_now"
+    assert conn.execute("SELECT count(*) FROM queue").fetchone()[0] == 0
+    assert queue.stray_reports(conn, "dev-a") == []
 
 
 def test_not_now_skipped_in_session_and_offered_after_next_idle(conn):

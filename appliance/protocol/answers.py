@@ -49,9 +49,17 @@ DIGEST_CHALLENGE = plist_answer({"DigestChallenge": ""})
 
 
 def not_offered(message_type: str) -> Answer:
-    """GetToken / DeclarativeManagement until the appliance offers them: 404, the resource (a token
-    service, a declaration) is not here. Not 5xx (nothing failed), not 401/403 (the device is fine)."""
+    """DeclarativeManagement until the appliance offers it: 404, the code Apple documents for a
+    declaration the server does not have (NanoMDM answers 500 without a handler, which reads as a
+    server failure). Not 401/403: the device is fine."""
     return refusal(404, f"{message_type} is not offered by this server")
+
+
+def token_service_not_offered(service_type: str) -> Answer:
+    """GetToken until the appliance offers a token service: Apple's schema (mdm/checkin/gettoken.yaml)
+    says "If the server doesn't recognize the service type, it needs to return a 400"."""
+    shown = service_type if len(service_type) <= 64 and service_type.isprintable() else repr(service_type[:64])
+    return refusal(400, f"GetToken: TokenServiceType {shown} is not offered by this server")
 
 
 @dataclass(frozen=True, slots=True)

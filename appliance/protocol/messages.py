@@ -149,7 +149,7 @@ _CHECKINS = {
     "UserAuthenticate": (UserAuthenticate, lambda m: {"digest_response": _text(m, "DigestResponse")}),
     "SetBootstrapToken": (SetBootstrapToken, _set_bootstrap_token),
     "GetBootstrapToken": (GetBootstrapToken, lambda m: {"awaiting_configuration": _get(m, "AwaitingConfiguration", bool)}),
-    "GetToken": (GetToken, lambda m: {"token_service_type": _text(m, "TokenServiceType") or ""}),
+    "GetToken": (GetToken, lambda m: {"token_service_type": _text(m, "TokenServiceType", required=True)}),
     "DeclarativeManagement": (DeclarativeManagement, lambda m: {
         "endpoint": _text(m, "Endpoint", required=True), "data": _get(m, "Data", bytes)}),
 }

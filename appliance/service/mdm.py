@@ -106,7 +106,9 @@ def _checkin(conn: sqlite3.Connection, message: CheckIn, cert: Presented, option
         elif isinstance(message, GetBootstrapToken):
             token = enrollments.bootstrap_token(conn, enrollment.device_id)
             answer = answers.plist_answer({"BootstrapToken": token}) if token else EMPTY
-        elif isinstance(message, (GetToken, DeclarativeManagement)):
+        elif isinstance(message, GetToken):
+            answer = answers.token_service_not_offered(message.token_service_type)
+        elif isinstance(message, DeclarativeManagement):
             answer = answers.not_offered(message.message_type)
         else:  # decode_checkin only makes the types above
             raise MessageError(f"unknown MessageType {message.message_type}")
@@ -137,6 +139,7 @@ def _report(conn: sqlite3.Connection, message: Report, cert: Presented, options:
         outcome = queue.store_report(conn, enrollment.id, message.command_uuid, message.status, message.raw, chain)
         if outcome == "unknown":
             # 200 and the next command all the same: any other answer makes the device resend it forever.
+            # Kept in stray_reports, against no command or result.
             log.warning("report_for_unknown_command", enrollment_id=enrollment.id,
                         command_uuid=message.command_uuid, status=message.status)
         elif outcome == "duplicate":

@@ -141,4 +141,19 @@ MIGRATIONS = [
         replaced_at  TEXT NOT NULL
     );
     """,
+    """
+    -- Reports naming a command the sending enrollment was never given (an unknown CommandUUID, another
+    -- device's command): answered 200 like any report, tied to no command, queue row or result, and kept
+    -- here for people to read (the latest few per enrollment, see appliance.store.queue).
+    CREATE TABLE stray_reports (
+        id             INTEGER PRIMARY KEY,
+        enrollment_id  TEXT NOT NULL,
+        command_uuid   TEXT NOT NULL,
+        status         TEXT NOT NULL,
+        raw            BLOB NOT NULL,
+        received_at    TEXT NOT NULL,
+        UNIQUE (enrollment_id, command_uuid, status)
+    );
+    CREATE INDEX stray_reports_enrollment ON stray_reports (enrollment_id, id);
+    """,
 ]

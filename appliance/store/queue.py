@@ -22,6 +22,9 @@ from appliance.store.timefmt import now_text
 FINAL_STATUSES = frozenset({"Acknowledged", "Error", "CommandFormatError"})
 UNKNOWN_ENROLLMENT = "unknown enrollment"
 _CHUNK = 500  # well under SQLite's bound-parameter limit
+# Stray reports kept per enrollment (the newest): enough to see what a confused device or script sent,
+# too few for a device to use the table as storage.
+STRAY_REPORTS_KEPT = 20
 
 
 class CommandExists(Exception):
@@ -103,7 +106,8 @@ def store_report(conn: sqlite3.Connection, enrollment_id: str, command_uuid: str
     "stored"    a final status, result kept and the command taken off this enrollment's queue
     "duplicate" a final status already stored for (enrollment, command): nothing changes
     "not_now"   NotNow recorded (count, time, session); the command stays queued
-    "unknown"   this enrollment was never given this command (unknown UUID, or another device's): nothing stored
+    "unknown"   this enrollment was never given this command (unknown UUID, or another device's): kept in
+                stray_reports only, against no command, queue row or result (the same status twice: once)
     """
     now = now_text()
     if status in FINAL_STATUSES:
@@ -116,7 +120,10 @@ def store_report(conn: sqlite3.Connection, enrollment_id: str, command_uuid: str
             seen = conn.execute(
                 "SELECT 1 FROM results WHERE enrollment_id = ? AND command_uuid = ?", (enrollment_id, command_uuid)
             ).fetchone()
-            return "duplicate" if seen else "unknown"
+            if seen:
+                return "duplicate"
+            _keep_stray(conn, enrollment_id, command_uuid, status, raw, now)
+            return "unknown"
         chain = json.dumps(error_chain, default=str) if error_chain else None
         conn.execute(
             "INSERT INTO results (enrollment_id, command_uuid, status, raw, error_chain, queued_at, received_at) "
@@ -135,12 +142,29 @@ def store_report(conn: sqlite3.Connection, enrollment_id: str, command_uuid: str
         if updated:
             return "not_now"
         # Cancelled after it was sent: the device NotNow'd it, so it no longer holds it either.
-        conn.execute(
+        if conn.execute(
             "DELETE FROM queue WHERE enrollment_id = ? AND command_uuid = ? AND cancelled_at IS NOT NULL",
             (enrollment_id, command_uuid),
-        )
+        ).rowcount:
+            return "not_now"
+        _keep_stray(conn, enrollment_id, command_uuid, status, raw, now)
         return "unknown"
     raise ValueError(f"not a command status: {status!r}")
+
+
+def _keep_stray(conn: sqlite3.Connection, enrollment_id: str, command_uuid: str, status: str, raw: bytes,
+                now: str) -> None:
+    inserted = conn.execute(
+        "INSERT INTO stray_reports (enrollment_id, command_uuid, status, raw, received_at) VALUES (?, ?, ?, ?, ?) "
+        "ON CONFLICT (enrollment_id, command_uuid, status) DO NOTHING",
+        (enrollment_id, command_uuid, status, bytes(raw), now),
+    ).rowcount
+    if inserted:
+        conn.execute(
+            "DELETE FROM stray_reports WHERE enrollment_id = ? AND id <= (SELECT id FROM stray_reports "
+            "WHERE enrollment_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+            (enrollment_id, enrollment_id, STRAY_REPORTS_KEPT),
+        )
 
 
 def _take_off(conn: sqlite3.Connection, where: str, args: tuple) -> int:
@@ -223,6 +247,17 @@ def result(conn: sqlite3.Connection, enrollment_id: str, command_uuid: str) -> d
         (enrollment_id, command_uuid),
     ).fetchone()
     return dict(row) if row else None
+
+
+def stray_reports(conn: sqlite3.Connection, enrollment_id: str, limit: int = STRAY_REPORTS_KEPT
+                  ) -> list[dict[str, Any]]:
+    """Reports this enrollment sent about commands it was never given, newest first (raw plist included)."""
+    rows = conn.execute(
+        "SELECT command_uuid, status, received_at, raw FROM stray_reports WHERE enrollment_id = ? "
+        "ORDER BY id DESC LIMIT ?",
+        (enrollment_id, limit),
+    ).fetchall()
+    return [dict(row) for row in rows]
 
 
 def queue_depths(conn: sqlite3.Connection, enrollment_ids: Iterable[str]) -> dict[str, int]:

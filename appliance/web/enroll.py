@@ -8,8 +8,6 @@ profile is never served (403): a profile with a valid challenge must not be worl
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hmac
 
 from quart import Blueprint, Response, request
@@ -18,6 +16,7 @@ from appliance.logs import get_logger
 from appliance.protocol.profile import ProfileError
 from appliance.service import enrollment
 from appliance.web.app import runtime
+from appliance.web.auth import basic_password
 from appliance.web.errors import text_error
 
 blueprint = Blueprint("enroll", __name__)
@@ -25,18 +24,7 @@ log = get_logger("enrollment")
 
 
 def _presented_secret() -> str | None:
-    token = request.args.get("token")
-    if token:
-        return token
-    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "basic":
-        return None
-    try:
-        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-    _, sep, password = decoded.partition(":")
-    return password if sep else None
+    return request.args.get("token") or basic_password()
 
 
 @blueprint.route("/mdm/enroll", methods=["GET"])

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import plistlib
+import threading
 
 import pytest
+import trio
 
 from tests.mdm_support import start_mdm_server
 
@@ -185,3 +187,44 @@ async def test_reports_and_not_now_never_push(mdm):
     finally:
         push.request_push, push.push_now = original_request, original_now
     assert requested == []
+
+
+async def test_store_is_power_loss_safe_by_default(mdm):
+    pragmas = await mdm.server.runtime.store.read(
+        lambda conn: (conn.execute("PRAGMA synchronous").fetchone()[0], conn.execute("PRAGMA journal_mode").fetchone()[0]))
+    assert pragmas == (2, "wal")  # synchronous=FULL
+
+
+async def test_concurrent_device_requests_share_one_commit(mdm, nursery):
+    """Group commit on the device path: reports that wait while the store thread is busy commit together,
+    and each device is answered only after that commit."""
+    store = mdm.server.runtime.store
+    devices = [mdm.device(f"GC-{n}") for n in range(8)]
+    release = threading.Event()
+    try:
+        for n, device in enumerate(devices):
+            await device.enroll()
+            await mdm.enqueue(f"GC-CMD-{n}", [device.udid])
+        nursery.start_soon(store.read, lambda conn: release.wait(30))  # holds the store thread
+        replies = {}
+
+        async def report(device, n):
+            replies[n] = await device.acknowledge(f"GC-CMD-{n}")
+
+        commits, writes = store.commits, store.writes
+        async with trio.open_nursery() as devices_nursery:
+            for n, device in enumerate(devices):
+                devices_nursery.start_soon(report, device, n)
+            with trio.fail_after(20):
+                while store._jobs.qsize() < len(devices):  # every report is waiting for the store
+                    await trio.sleep(0.01)
+            assert replies == {}  # nobody is answered before the commit
+            release.set()
+        assert all(reply.status == 200 for reply in replies.values()) and len(replies) == len(devices)
+        # One commit for the eight (two if a background job's write slipped in between them).
+        assert store.writes - writes >= len(devices) and store.commits - commits <= 2
+        assert len(await mdm.rows("SELECT 1 FROM results WHERE command_uuid LIKE 'GC-CMD-%'")) == len(devices)
+    finally:
+        release.set()
+        for device in devices:
+            await device.aclose()

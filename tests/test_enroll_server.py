@@ -24,15 +24,17 @@ from tests.harness import free_port, make_config, start_server
 SECRET = "test-enroll-secret"
 
 
-async def import_push_certificate(server) -> str:
-    """Set up another area's state the way its import does: a push certificate with a topic."""
+async def import_push_certificate(server, force: bool = False) -> str:
+    """Set up another area's state the way its import does: a push certificate with a topic
+    (`force`: the operator's `push-cert import --force`, which may change the topic)."""
     push = apns_certs.make_push_cert(apns_certs.make_ca())
     pem = push.cert_pem
     await server.runtime.store.write(
         lambda conn: push_store.store_certificate(
             conn, topic=push.cert.subject.get_attributes_for_oid(x509.NameOID.USER_ID)[0].value,
             certificate_pem=pem, key_pem=push.key_pem, sha256=hashlib.sha256(pem).hexdigest(),
-            not_before=push.cert.not_valid_before_utc, not_after=push.cert.not_valid_after_utc))
+            not_before=push.cert.not_valid_before_utc, not_after=push.cert.not_valid_after_utc,
+            force=force))
     return await server.runtime.store.read(push_store.current_topic)
 
 
@@ -279,3 +281,18 @@ async def test_cli_refuses_an_http_public_url(tmp_path):
     assert result.exit_code == 1
     assert "https" in result.output and len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "p").exists()
+
+
+async def test_health_warns_when_the_push_topic_changes_after_profiles_went_out(tmp_path, nursery):
+    server, old_topic = await enrollment_server(nursery, tmp_path)
+    try:
+        async with server.client() as http:
+            await download(http)
+            assert (await http.get("/healthz")).json()["checks"]["enrollment"]["status"] == "ok"
+            new_topic = await import_push_certificate(server, force=True)  # another topic, forced
+            assert new_topic != old_topic
+            check = (await http.get("/healthz")).json()["checks"]["enrollment"]
+        assert check["status"] == "warning"
+        assert any("topic" in p and old_topic in p and new_topic in p for p in check["profile_url_changes"])
+    finally:
+        server.stop()

@@ -16,7 +16,10 @@ import httpx
 import pytest
 import trio
 
+from appliance.service import commands
 from appliance.store import queue
+from tests.apns_certs import make_ca, make_push_cert, make_server
+from tests.apns_standin import Answer, StandIn
 from tests.fleet_seed import command_plist, seed_devices, udid
 from tests.harness import API_KEY, make_config, start_server
 
@@ -79,19 +82,20 @@ def _shape_matches_recorded(answer: dict) -> None:
 async def test_enqueue_raw_plist_answers_nanomdm_shape_and_codes(server):
     ids = await seed(server, 3)
     async with server.api_client() as api:
-        # all known, no push service in this test server: 200, every id queued
+        # all known, but no push certificate imported in this test server: every id queued, and (as in
+        # NanoMDM) every push failed, each saying why: 500
         uuid1, body = command_plist("ProfileList")
         response = await api.put(f"/v1/enqueue/{','.join(ids)}", content=body)
-        assert response.status_code == 200, response.text
+        assert response.status_code == 500, response.text
         answer = response.json()
         _shape_matches_recorded(answer)
         assert answer["command_uuid"] == uuid1 and answer["request_type"] == "ProfileList"
         assert set(answer["status"]) == set(ids)
-        assert all("command_error" not in entry for entry in answer["status"].values())
+        assert all(entry == {"push_error": "NoPushCertificate"} for entry in answer["status"].values())
 
         # some unknown: 207, the unknown ids carry command_error
         uuid2, body = command_plist()
-        response = await api.put(f"/v1/enqueue/{ids[0]},NOPE-1,NOPE-2", content=body)
+        response = await api.put(f"/v1/enqueue/{ids[0]},NOPE-1,NOPE-2?nopush=1", content=body)
         assert response.status_code == 207
         status = response.json()["status"]
         assert status["NOPE-1"] == {"command_error": "unknown enrollment"}
@@ -119,7 +123,7 @@ async def test_enqueue_rejects_reused_uuid_and_bad_bodies_without_changing_anyth
     ids = await seed(server, 1)
     async with server.api_client() as api:
         command_uuid, body = command_plist()
-        assert (await api.put(f"/v1/enqueue/{ids[0]}", content=body)).status_code == 200
+        assert (await api.put(f"/v1/enqueue/{ids[0]}?nopush=1", content=body)).status_code == 200
         again = await api.put(f"/v1/enqueue/{ids[0]}", content=body)
         assert_error(again, 409, "command_exists")
         assert command_uuid in again.json()["error"]["message"]
@@ -172,6 +176,74 @@ async def test_enqueue_to_ten_thousand_ids_in_one_call(server):
     depth = await server.runtime.store.read(
         lambda conn: conn.execute("SELECT count(*) FROM queue WHERE command_uuid = ?", (command_uuid,)).fetchone()[0])
     assert depth == 10_000
+
+
+@pytest.fixture
+async def with_apns(nursery, tmp_path):
+    """The real server pushing to a local APNs stand-in (real HTTP/2 + TLS), a push certificate imported."""
+    server_ca, push_ca = make_ca("Stand-in APNs server CA"), make_ca("Stand-in Apple push CA")
+    identity = make_server(server_ca)
+    ca_file = tmp_path / "apns-ca.pem"
+    ca_file.write_bytes(server_ca.cert_pem)
+    standin = StandIn.create(identity.cert_pem, identity.key_pem, push_ca.cert_pem)
+    await nursery.start(standin.serve)
+    server = await start_server(nursery, make_config(tmp_path, apns={"url": standin.url, "ca_file": str(ca_file)}))
+    cert = make_push_cert(push_ca)
+    async with server.api_client() as api:
+        assert (await api.put("/v1/pushcert", content=cert.cert_pem + cert.key_pem)).status_code == 200
+    yield server, standin
+    server.stop()
+
+
+async def test_enqueue_answers_each_push_like_nanomdm_and_schedules_big_or_slow_ones(with_apns, monkeypatch):
+    server, standin = with_apns
+    ids = await seed(server, 3)
+    bad_token = "ee" * 32
+    await server.runtime.store.write(lambda conn: conn.execute(
+        "UPDATE enrollments SET token = ? WHERE id = ?", (bytes.fromhex(bad_token), ids[2])))
+    standin.answers[bad_token] = Answer(400, "BadDeviceToken")
+    async with server.api_client() as api:
+        # APNs answered within the request: the APNs id per id, or its error (NanoMDM's answer), 207
+        _, body = command_plist()
+        response = await api.put(f"/v1/enqueue/{','.join(ids)},NOPE", content=body)
+        assert response.status_code == 207, response.text
+        status = response.json()["status"]
+        apns_ids = {status[eid]["push_result"] for eid in ids[:2]}
+        assert all(re.fullmatch(r"[0-9A-F-]{36}", apns_id) for apns_id in apns_ids) and len(apns_ids) == 2
+        assert status[ids[2]] == {"push_error": "400 BadDeviceToken"}
+        assert status["NOPE"] == {"command_error": "unknown enrollment"}
+        assert len(standin.requests) == 3
+
+        # more ids than are answered inline: "scheduled" at once, and the pushes still happen
+        monkeypatch.setattr(commands, "PUSH_ANSWER_MAX_IDS", 1)
+        _, body = command_plist()
+        response = await api.put(f"/v1/enqueue/{ids[0]},{ids[1]}", content=body)
+        assert response.status_code == 200
+        assert response.json()["status"] == {eid: {"push_result": "scheduled"} for eid in ids[:2]}
+        with trio.fail_after(10):
+            while len(standin.requests) < 5:
+                await trio.sleep(0.02)
+
+        # APNs slower than the deadline: "scheduled"; the pushes finish afterwards and are recorded
+        monkeypatch.setattr(commands, "PUSH_ANSWER_MAX_IDS", 1000)
+        monkeypatch.setattr(commands, "PUSH_ANSWER_SECONDS", 0.2)
+        standin.hold = trio.Event()
+        _, body = command_plist()
+        started = trio.current_time()
+        response = await api.post("/v1/commands", json={"enrollment_ids": [ids[0]],
+                                                        "command": {"RequestType": "ProfileList"}})
+        assert response.status_code == 200 and trio.current_time() - started < 5
+        assert response.json()["status"] == {ids[0]: {"push_result": "scheduled"}}
+        await server.runtime.store.write(lambda conn: conn.execute(
+            "UPDATE enrollments SET last_push_result = NULL WHERE id = ?", (ids[0],)))
+        standin.hold.set()
+
+    def last_result(conn):
+        return conn.execute("SELECT last_push_result FROM enrollments WHERE id = ?", (ids[0],)).fetchone()[0]
+
+    with trio.fail_after(10):
+        while await server.runtime.store.read(last_result) != "ok":
+            await trio.sleep(0.02)
 
 
 # --- enqueue: JSON form ----------------------------------------------------------------------------

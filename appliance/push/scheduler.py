@@ -75,6 +75,29 @@ class PushService:
         self._wanted.difference_update(ids)  # this push also serves requests still waiting
         return await self._push(ids)
 
+    async def push_answered(self, enrollment_ids: Iterable[str], timeout: float) -> dict[str, PushOutcome] | None:
+        """push_now for an API answer with a deadline: the outcomes if the pushes finish within `timeout`,
+        else None. The pushes run in this service's nursery, so a deadline (or a client hanging up) never
+        cancels pushes already on the wire; they finish and are recorded as usual."""
+        ids = list(dict.fromkeys(enrollment_ids))
+        if self._nursery is None:
+            self.request_push(ids)
+            return None
+        self._wanted.difference_update(ids)  # this push also serves requests still waiting
+        answered: dict[str, PushOutcome] = {}
+        finished = trio.Event()
+
+        async def push() -> None:
+            try:
+                answered.update(await self._push_in_background(ids) or {})
+            finally:
+                finished.set()
+
+        self._nursery.start_soon(push)
+        with trio.move_on_after(timeout):
+            await finished.wait()
+        return answered if finished.is_set() and len(answered) == len(ids) else None
+
     @property
     def certificate(self) -> PushCertificate | None:
         return self.client.certificate
@@ -224,13 +247,14 @@ class PushService:
             self._wanted.difference_update(batch)
             self._nursery.start_soon(self._push_in_background, batch)
 
-    async def _push_in_background(self, ids: list[str]) -> None:
+    async def _push_in_background(self, ids: list[str]) -> dict[str, PushOutcome] | None:
         try:
-            await self._push(ids)
+            return await self._push(ids)
         except StoreClosed:
             log.info("push_outcomes_not_recorded", count=len(ids), reason="shutting down")
         except Exception as e:  # noqa: BLE001 - a failed batch must not take the server down
             log.exception("push_batch_failed", count=len(ids), error=repr(e))
+        return None
 
     async def _watch_certificate(self) -> None:
         while True:

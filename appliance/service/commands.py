@@ -1,10 +1,13 @@
 """Enqueueing a command for many enrollments, and the NanoMDM-compatible answer.
 
 One write transaction stores the command body once and a queue row per known enrollment (10,000 ids in
-one call stay one transaction), then the pushes are handed to the push scheduler, which coalesces and
-paces them: the request never waits for APNs. The answer keeps NanoMDM's shape and status codes
-(200 all ok, 207 some failed, 500 all failed) but gives every id its entry, also with nopush, so callers
-can tell an unknown id from a queued one (PROTOCOL.md section 9).
+one call stay one transaction). Then, like NanoMDM, the answer carries each push's outcome: the APNs id
+in push_result, or push_error. For up to PUSH_ANSWER_MAX_IDS ids the request waits for APNs (at most
+PUSH_ANSWER_SECONDS; one multiplexed HTTP/2 batch, typically a few ms); for more ids, or past the
+deadline, push_result is "scheduled" and the pushes go on in the background, so a fleet-wide enqueue
+stays fast. The answer keeps NanoMDM's shape and status codes (200 all ok, 207 some failed, 500 all
+failed) but gives every id its entry, also with nopush, so callers can tell an unknown id from a queued
+one (PROTOCOL.md section 9).
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ from appliance.store import fleet, queue
 
 log = get_logger("commands")
 
-# The outcome of a push we handed to the scheduler (NanoMDM puts the APNs id here; ours is not known yet).
+# push_result of a push not answered within the request (too many ids, or APNs slower than the deadline).
 PUSH_SCHEDULED = "scheduled"
+PUSH_ANSWER_MAX_IDS = 1000
+PUSH_ANSWER_SECONDS = 3.0
 
 
 class BadCommand(ValueError):
@@ -125,13 +130,19 @@ async def enqueue(runtime, command: Command, ids: list[str], *, no_push: bool) -
         elif push is not None:
             reason = reasons.get(eid)
             if reason is None:
-                entry["push_result"] = PUSH_SCHEDULED
                 to_push.append(eid)
             else:
                 entry["push_error"] = reason
         status[eid] = entry
-    if to_push:
-        push.request_push(to_push)
+    pushed = await _push(push, to_push)
+    for eid in to_push:
+        result = pushed.get(eid)
+        if result is None:
+            status[eid]["push_result"] = PUSH_SCHEDULED
+        elif result.ok:
+            status[eid]["push_result"] = result.apns_id or ""
+        else:
+            status[eid]["push_error"] = result.error
     answer: dict[str, Any] = {
         "status": status,
         "no_push": no_push,
@@ -145,6 +156,20 @@ async def enqueue(runtime, command: Command, ids: list[str], *, no_push: bool) -
     log.info("command_enqueued", command_uuid=command.uuid, request_type=command.request_type,
              ids=len(status), queued=queued, pushes=len(to_push), failed=failed)
     return answer_code(len(status), failed), answer
+
+
+async def _push(push, ids: list[str]) -> dict:
+    """{id: PushOutcome} when APNs answered in time; {} when the pushes were only scheduled."""
+    if not ids:
+        return {}
+    if len(ids) <= PUSH_ANSWER_MAX_IDS:
+        outcomes = await push.push_answered(ids, PUSH_ANSWER_SECONDS)
+        if outcomes is not None:
+            return outcomes
+        log.info("push_answer_deadline", ids=len(ids), seconds=PUSH_ANSWER_SECONDS)
+    else:
+        push.request_push(ids)
+    return {}
 
 
 def answer_code(total: int, failed: int) -> int:

@@ -42,7 +42,7 @@ _ENROLLMENT_ID = {"name": "device_id", "in": "path", "required": True, "schema":
 _UUID = {"name": "command_uuid", "in": "path", "required": True, "schema": {"type": "string"}}
 
 _ENQUEUE_ANSWER = {
-    "200": _json(_ref("EnqueueAnswer"), "Every id queued (and its push scheduled)."),
+    "200": _json(_ref("EnqueueAnswer"), "Every id queued (and pushed, or its push scheduled)."),
     "207": _json(_ref("EnqueueAnswer"), "Some ids failed (see their command_error / push_error)."),
     "500": _json(_ref("EnqueueAnswer"), "Every id failed (NanoMDM's code; the body says why per id)."),
     "409": _error("The CommandUUID was used before (code command_exists)."),
@@ -66,9 +66,14 @@ SCHEMAS: dict = {
     "EnrollmentOutcome": {
         "type": "object",
         "properties": {
-            "push_result": {"type": "string", "description": "\"scheduled\": handed to the push scheduler "
-                            "(/v1/push answers the APNs id instead)."},
-            "push_error": {"type": "string"},
+            "push_result": {"type": "string", "description": "The APNs id (apns-id) of the accepted push "
+                            "when APNs answered within the request (up to 1,000 pushed ids, within 3 s); "
+                            "\"scheduled\" when the push was handed to the scheduler instead (more ids, or "
+                            "APNs slower than that): it is still sent, and its outcome recorded on the "
+                            "enrollment (last_push_result)."},
+            "push_error": {"type": "string", "description": "Why this id was not pushed, e.g. \"400 "
+                           "BadDeviceToken\", \"NoPushCertificate\", \"no push token yet ...\"; the "
+                           "command stays queued."},
             "command_error": {"type": "string", "description": "e.g. \"unknown enrollment\"."},
         },
     },
@@ -203,8 +208,9 @@ SCHEMAS: dict = {
 PATHS: dict = {
     "/v1/enqueue/{ids}": {"put": {
         "summary": "Enqueue a raw command plist (NanoMDM compatible).",
-        "description": "ids: comma-separated enrollment ids (thousands are fine). Pushes are scheduled, "
-                       "not awaited.",
+        "description": "ids: comma-separated enrollment ids (thousands are fine). Up to 1,000 pushed ids "
+                       "the answer waits (at most 3 s) for APNs and carries each apns-id, as NanoMDM's "
+                       "does; beyond that push_result is \"scheduled\".",
         "parameters": [
             {"name": "ids", "in": "path", "required": True, "schema": {"type": "string", "pattern": r"[^,\s]"},
              "description": "Comma-separated enrollment ids; empty entries are skipped."},

@@ -113,7 +113,7 @@ def _enqueue_and_check(conn, command: Command, ids: list[str], with_push: bool):
 
 
 async def enqueue(runtime, command: Command, ids: list[str], *, no_push: bool) -> tuple[int, dict]:
-    """Queue the command to every id and schedule pushes; returns (HTTP status, NanoMDM-shaped answer)."""
+    """Queue the command to every id and push them; returns (HTTP status, NanoMDM-shaped answer)."""
     push = None if no_push else runtime.push
     try:
         outcome, reasons = await runtime.store.write(_enqueue_and_check, command, ids, push is not None)

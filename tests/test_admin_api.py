@@ -288,14 +288,39 @@ async def test_post_commands_builds_the_plist_with_data_marker_and_new_uuid(serv
             {"enrollment_ids": ids, "command": {"RequestType": "X"}, "extra": 1},
             {"enrollment_ids": ids, "command": {"RequestType": "X"}, "no_push": "yes"},
         ]
+        deep: list = []
+        for _ in range(500):
+            deep = [deep]
+        bad += [
+            {"enrollment_ids": ids, "command": {"RequestType": "X", "Deep": deep}},
+            {"enrollment_ids": ids, "command": {"RequestType": "X", "When": {"$date": "0001-01-01T00:00:00+14:00"}}},
+            {"enrollment_ids": ids, "command": {"RequestType": "X"}, "command_uuid": ""},
+        ]
         for document in bad:
             response = await api.post("/v1/commands", json=document)
             assert response.status_code == 400, (document, response.text)
         assert_error(await api.post("/v1/commands", content=b"{not json"), 400, "bad_json")
+        assert_error(await api.post("/v1/commands", content=b"[" * 100_000 + b"]" * 100_000), 400, "bad_json")
         assert_error(await api.post("/v1/commands", json=[1, 2]), 400, "bad_json")
         reused = await api.post("/v1/commands", json={"enrollment_ids": ids, "command_uuid": command_uuid,
                                                        "command": {"RequestType": "ProfileList"}})
         assert_error(reused, 409, "command_exists")
+
+
+async def test_a_command_too_nested_for_json_reads_back_as_its_raw_bytes(server):
+    """A raw plist may nest deeper than the JSON mapping goes (plistlib's XML reader does not recurse):
+    it is queued as sent, and the API shows it as {"$data": base64} rather than failing with a 500."""
+    ids = await seed(server, 1)
+    inner = "<array>" * 2000 + "</array>" * 2000
+    command_uuid = "DEEP-COMMAND-1"
+    body = (f"<?xml version='1.0'?><plist version='1.0'><dict><key>CommandUUID</key><string>{command_uuid}"
+            f"</string><key>Command</key><dict><key>RequestType</key><string>Settings</string>"
+            f"<key>Deep</key>{inner}</dict></dict></plist>").encode()
+    async with server.api_client() as api:
+        assert (await api.put(f"/v1/enqueue/{ids[0]}?nopush=1", content=body)).status_code == 200
+        detail = await api.get(f"/v1/commands/{command_uuid}")
+        assert detail.status_code == 200, detail.text
+        assert base64.b64decode(detail.json()["command"]["$data"]) == body
 
 
 # --- devices ---------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from appliance.protocol.plistjson import JsonPlistError, from_json, to_json
+from appliance.protocol.plistjson import MAX_DEPTH, JsonPlistError, from_json, to_json
 
 XML_TEXT = st.characters(blacklist_categories=("Cs", "Cc"))  # what an XML plist can hold
 PLIST_VALUES = st.recursive(
@@ -47,7 +47,25 @@ def test_markers():
     ({"a": {"$data": 5}}, "a"),
     ({"big": 2**70}, "big"),
     ({"x": float("nan")}, "x"),
+    ({"d": {"$date": "0001-01-01T00:00:00+14:00"}}, "d"),  # before year 1 once in UTC
+    ({"d": {"$date": "9999-12-31T23:59:59-14:00"}}, "d"),  # after year 9999 once in UTC
 ])
 def test_errors_name_where(value, where):
     with pytest.raises(JsonPlistError, match=rf"^{where.replace('[', '.').replace(']', '.')}"):
         from_json(value)
+
+
+def _nested(depth: int):
+    value: list = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def test_nesting_is_bounded_both_ways_not_a_recursion_crash():
+    assert from_json({"k": _nested(MAX_DEPTH - 1)}) == {"k": _nested(MAX_DEPTH - 1)}
+    for depth in (MAX_DEPTH, 5000):  # 5000: past Python's recursion limit
+        with pytest.raises(JsonPlistError, match=r"^k(\[0\])*: nested deeper than"):
+            from_json({"k": _nested(depth)})
+        with pytest.raises(JsonPlistError, match="nested deeper than"):
+            to_json({"k": _nested(depth)})

@@ -5,6 +5,8 @@ JSON has no binary data or dates, plists have no null. The mapping, documented i
   date  <->  {"$date": "2026-11-21T21:30:00Z"}   (UTC, ISO 8601)
 Everything else maps one to one (dict, array, string, integer, real, boolean). A JSON object with a
 "$data"/"$date" key and any other key is an error, so the markers can never be confused with a payload.
+Nesting is limited to MAX_DEPTH levels both ways: both walks recurse, and a hostile document (or a
+device's result) nested thousands deep must be an error, not a crash.
 """
 
 from __future__ import annotations
@@ -17,17 +19,20 @@ from typing import Any
 
 DATA = "$data"
 DATE = "$date"
+MAX_DEPTH = 100  # far beyond any real command or result; well inside Python's recursion limit
 
 
 class JsonPlistError(ValueError):
     """str(error) names where in the document the problem is, e.g. 'Command.Payload: ...'."""
 
 
-def to_json(value: Any) -> Any:
+def to_json(value: Any, depth: int = 0) -> Any:
+    if isinstance(value, (dict, list, tuple)) and depth >= MAX_DEPTH:
+        raise JsonPlistError(f"nested deeper than {MAX_DEPTH} levels")
     if isinstance(value, dict):
-        return {str(key): to_json(item) for key, item in value.items()}
+        return {str(key): to_json(item, depth + 1) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [to_json(item) for item in value]
+        return [to_json(item, depth + 1) for item in value]
     if isinstance(value, (bytes, bytearray)):
         return {DATA: base64.b64encode(bytes(value)).decode("ascii")}
     if isinstance(value, datetime):
@@ -36,14 +41,16 @@ def to_json(value: Any) -> Any:
     return value
 
 
-def from_json(value: Any, where: str = "") -> Any:
+def from_json(value: Any, where: str = "", depth: int = 0) -> Any:
     """A JSON value (as json.loads gives it) -> a value plistlib can write."""
+    if isinstance(value, (dict, list)) and depth >= MAX_DEPTH:
+        raise JsonPlistError(f"{where or 'value'}: nested deeper than {MAX_DEPTH} levels")
     if isinstance(value, dict):
         if DATA in value or DATE in value:
             return _marker(value, where)
-        return {key: from_json(item, _join(where, key)) for key, item in value.items()}
+        return {key: from_json(item, _join(where, key), depth + 1) for key, item in value.items()}
     if isinstance(value, list):
-        return [from_json(item, f"{where}[{index}]") for index, item in enumerate(value)]
+        return [from_json(item, f"{where}[{index}]", depth + 1) for index, item in enumerate(value)]
     if value is None:
         raise JsonPlistError(f"{where or 'value'}: null has no property-list equivalent; leave the key out")
     if isinstance(value, float) and not math.isfinite(value):
@@ -75,5 +82,8 @@ def _marker(value: dict, where: str) -> Any:
         raise JsonPlistError(f"{name}: {DATE!r} is not an ISO 8601 date-time") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    # plistlib writes naive datetimes as UTC.
-    return moment.astimezone(UTC).replace(tzinfo=None)
+    try:
+        # plistlib writes naive datetimes as UTC.
+        return moment.astimezone(UTC).replace(tzinfo=None)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+14:00 is before year 1 in UTC
+        raise JsonPlistError(f"{name}: {DATE!r} is out of range in UTC") from None

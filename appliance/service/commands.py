@@ -12,6 +12,7 @@ one (PROTOCOL.md section 9).
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from dataclasses import dataclass
@@ -101,7 +102,7 @@ def check_ids(ids: list[Any]) -> list[str]:
         raise BadCommand("no enrollment ids given")
     for eid in ids:
         if not isinstance(eid, str) or not eid.strip():
-            raise BadCommand("an enrollment id in the list is empty")
+            raise BadCommand(f"every enrollment id must be a non-empty string, not {json.dumps(eid)[:40]}")
     return list(dict.fromkeys(ids))
 
 

@@ -13,7 +13,7 @@ import json
 from quart import Blueprint, Response, jsonify, request
 
 from appliance.protocol import plist
-from appliance.protocol.plistjson import to_json
+from appliance.protocol.plistjson import JsonPlistError, to_json
 from appliance.service import commands
 from appliance.store import fleet, queue
 from appliance.web.app import runtime
@@ -54,8 +54,8 @@ async def enqueue_json():
         raise ApiError(400, "bad_request", "\"enrollment_ids\" must be an array of enrollment ids")
     if not isinstance(no_push, bool):
         raise ApiError(400, "bad_request", "\"no_push\" must be true or false")
-    if command_uuid is not None and not isinstance(command_uuid, str):
-        raise ApiError(400, "bad_request", "\"command_uuid\" must be a string")
+    if command_uuid is not None and (not isinstance(command_uuid, str) or not command_uuid.strip()):
+        raise ApiError(400, "bad_request", "\"command_uuid\" must be a non-empty string (or left out)")
     try:
         enrollment_ids = commands.check_ids(ids)
         command = commands.build_command(document.get("command"), command_uuid)
@@ -214,9 +214,11 @@ def _enrollment_status(row) -> dict:
 
 
 def _plist_json(raw) -> object:
+    """A stored command or result as JSON; bytes no JSON mapping can show (not a plist, absurdly nested)
+    as {"$data": base64} of the raw bytes (?format=plist gives them as they are)."""
     try:
         return to_json(plist.load(bytes(raw)))
-    except plist.PlistError:
+    except (plist.PlistError, JsonPlistError):
         return {"$data": base64.b64encode(bytes(raw)).decode("ascii")}
 
 
@@ -295,6 +297,8 @@ async def _json_object() -> dict:
         document = json.loads(data)
     except (ValueError, UnicodeDecodeError):
         raise ApiError(400, "bad_json", "body is not JSON") from None
+    except RecursionError:  # json's decoder recurses per nesting level
+        raise ApiError(400, "bad_json", "body is nested too deeply") from None
     if not isinstance(document, dict):
         raise ApiError(400, "bad_json", "body must be a JSON object")
     return document

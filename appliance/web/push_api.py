@@ -14,6 +14,7 @@ from quart import Blueprint, jsonify, request
 
 from appliance.push import pushcert
 from appliance.push.pushcert import PushCertError
+from appliance.service.commands import answer_code
 from appliance.store import push as push_store
 from appliance.web.app import runtime
 from appliance.web.auth import require_api_key
@@ -94,5 +95,4 @@ async def push(ids: str):
         else:
             status[eid] = {"push_error": outcome.error}
             failed += 1
-    code = 200 if failed == 0 else (500 if failed == len(enrollment_ids) else 207)
-    return jsonify({"status": status}), code
+    return jsonify({"status": status}), answer_code(len(enrollment_ids), failed)

@@ -4,7 +4,8 @@
 
 Prints: enqueue of one command to N ids (raw PUT with the ids in the path without and with pushes, and
 JSON POST), median of 5 (pushes: handed to the push scheduler, which works on them concurrently; with no
-push certificate here it fails each one and records that);
+push certificate here it fails each one and records that); enqueue to 1 and 1,000 ids whose pushes the
+answer waits for (apns-id per id), against the APNs stand-in (tests/apns_standin.py, HTTP/2 + TLS);
 walking all devices in pages of 1000; webhook delivery rate from the outbox to a local receiver.
 Client and server share the cores, so figures are conservative.
 """
@@ -27,6 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from appliance.logs import setup_logging  # noqa: E402
 from appliance.store import outbox  # noqa: E402
 from appliance.webhook.events import acknowledge_event  # noqa: E402
+from tests.apns_certs import make_ca, make_push_cert, make_server  # noqa: E402
+from tests.apns_standin import StandIn  # noqa: E402
 from tests.fleet_seed import command_plist, seed_devices  # noqa: E402
 from tests.harness import API_KEY, free_port, make_config, start_server  # noqa: E402
 from tests.webhook_receiver import Receiver, Running  # noqa: E402
@@ -110,9 +113,42 @@ async def main(devices: int, events: int) -> None:
             server.stop()
 
 
+async def answered_pushes() -> None:
+    """Enqueue whose answer carries each push's apns-id (up to 1,000 ids), against the APNs stand-in."""
+    server_ca, push_ca = make_ca("Bench APNs server CA"), make_ca("Bench push CA")
+    identity = make_server(server_ca)
+    with tempfile.TemporaryDirectory() as tmp:
+        ca_file = Path(tmp) / "apns-ca.pem"
+        ca_file.write_bytes(server_ca.cert_pem)
+        standin = StandIn.create(identity.cert_pem, identity.key_pem, push_ca.cert_pem, record=False)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(standin.serve)
+            server = await start_server(nursery, make_config(Path(tmp), apns={"url": standin.url,
+                                                                             "ca_file": str(ca_file)}))
+            cert = make_push_cert(push_ca)
+            async with server.api_client() as api:
+                assert (await api.put("/v1/pushcert", content=cert.cert_pem + cert.key_pem)).status_code == 200
+            ids = await server.runtime.store.write(lambda conn: seed_devices(conn, 1000))
+            for count, rounds in ((1, 50), (1000, 5)):
+                timings = []
+                for _ in range(rounds):
+                    _, body = command_plist("DeviceInformation", Queries=["OSVersion"])
+                    status, data, elapsed = await trio.to_thread.run_sync(
+                        _request, server, "PUT", "/v1/enqueue/" + ",".join(ids[:count]), body, "application/xml")
+                    answer = json.loads(data)["status"]
+                    assert status == 200 and all(e["push_result"] != "scheduled" for e in answer.values()), data[:300]
+                    timings.append(elapsed)
+                print(f"enqueue to {count} ids, pushes answered (apns-id each):  median "
+                      f"{statistics.median(timings) * 1000:.1f} ms (min {min(timings) * 1000:.1f}, "
+                      f"max {max(timings) * 1000:.1f}, {rounds} rounds)")
+            server.stop()
+            nursery.cancel_scope.cancel()
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--devices", type=int, default=10_000)
     parser.add_argument("--events", type=int, default=5_000)
     args = parser.parse_args()
     trio.run(main, args.devices, args.events)
+    trio.run(answered_pushes)

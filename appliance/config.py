@@ -150,6 +150,7 @@ class ApnsConfig(Section):
     timeout: Seconds = 15.0
     max_streams: int = Field(default=100, ge=1, le=1000)
     repush_interval: Seconds = 86400.0
+    push_api_deadline: Seconds = 10.0  # /v1/push answers by then; unfinished pushes carry on
 
     @field_validator("url")
     @classmethod

@@ -72,6 +72,15 @@ class Metrics:
             "mdm_enrollments_by_last_push_result", "Active enrollments by the result of their last push.",
             ["result"], registry=r,
         )
+        self.enrollments_by_push_reason = Gauge(
+            "mdm_enrollments_by_last_push_reason", "Active enrollments whose last push failed, by result and "
+            "reason (APNs' reason, e.g. BadDeviceToken, or ours, e.g. ConnectionFailed).", ["result", "reason"],
+            registry=r,
+        )
+        self.push_status = Gauge(
+            "mdm_push_status", "Push health as in /healthz: 0 ok, 1 warning (certificate expires within 30 "
+            "days, or none imported), 2 error (expired, or APNs rejects the certificate).", registry=r,
+        )
 
         # Known label values start at 0, so every series the dashboards ask about exists from the first
         # scrape (rate() and alerts need a series before the first event, not after it).

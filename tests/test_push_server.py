@@ -7,6 +7,8 @@ import datetime as dt
 import json
 import sqlite3
 import sys
+import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ from cryptography.x509.oid import NameOID
 
 from appliance.push.pushcert import load_pem
 from appliance.push.scheduler import PushService
+from appliance.supervisor import status_line
 from tests.apns_certs import make_ca, make_push_cert, make_server
 from tests.apns_standin import Answer, StandIn
 from tests.harness import make_config, start_server
@@ -289,21 +292,6 @@ async def test_commands_waiting_too_long_are_pushed_again(app, standin, pki):
     assert "52" * 32 not in standin.tokens()
 
 
-async def test_health_status_and_metrics_show_expiry(app, pki):
-    soon = make_push_cert(pki["push_ca"], days=10)
-    async with app.api_client() as api:
-        assert (await api.put("/v1/pushcert", content=soon.cert_pem + soon.key_pem)).status_code == 200
-    async with app.client() as client:
-        health = (await client.get("/healthz")).json()
-    push = health["checks"]["push"]
-    assert push["status"] == "warning" and push["state"] == "warning"
-    assert push["days_left"] in (9, 10) and push["not_after"].endswith("Z")
-    assert "expires in" in await app.runtime.push.phrase()
-    text = app.runtime.metrics.render().decode()
-    days = [ln for ln in text.splitlines() if ln.startswith("mdm_push_certificate_days_left ")]
-    assert days and 9 < float(days[0].split()[1]) <= 10
-
-
 async def test_enqueue_pushes_the_enrolled_device_and_410_waits_for_token_update(
         nursery, tmp_path, pki, standin, fast_polls):
     mdm = await start_mdm_server(nursery, tmp_path, apns={"url": standin.url,
@@ -339,28 +327,6 @@ async def test_enqueue_pushes_the_enrolled_device_and_410_waits_for_token_update
             assert answer.status_code == 200, answer.text
             assert len(standin.requests) == 3
     server.stop()
-
-
-async def test_expired_certificate_is_an_error_in_health_and_status(app, pki):
-    """A certificate that expires while in use (written straight into the table: time passing)."""
-    old = make_push_cert(pki["push_ca"], days=-1, not_before_days=-365)
-    pc = load_pem(old.cert_pem, old.key_pem)
-    with db(app) as c, c:
-        c.execute("INSERT INTO push_certificates (topic, certificate, private_key, sha256, not_before, "
-                  "not_after, imported_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                  (pc.topic, pc.cert_pem, pc.key_pem, pc.fingerprint, NOW, NOW, NOW))
-    await wait_for_topic(app, pc.topic)
-    async with app.client() as client:
-        health = (await client.get("/healthz")).json()
-    assert health["status"] == "error"
-    assert health["checks"]["push"]["state"] == "expired" and health["checks"]["push"]["days_left"] < 0
-    assert "EXPIRED" in await app.runtime.push.phrase()
-    add_enrollment(app, "X-1", bytes([0x71]) * 32)
-    async with app.api_client() as api:
-        answer = await api.post("/v1/push/X-1")
-    assert answer.status_code == 500
-    assert answer.json()["status"]["X-1"]["push_error"] == "PushCertificateExpired"
-    assert enrollment(app, "X-1")["last_push_error"] == "PushCertificateExpired"
 
 
 async def test_cli_csr_then_import_of_apples_answer_uses_the_kept_key(app, pki, tmp_path):
@@ -414,3 +380,259 @@ async def test_requests_during_a_push_in_flight_become_one_follow_up(app, standi
             await trio.sleep(0.01)
     await trio.sleep(0.6)
     assert standin.tokens() == ["61" * 32] * 2
+
+
+# ----- review additions: deadlines, every answer's effect, expiry everywhere, hot swaps, no hot loop ----
+
+def metric_lines(text: str, name: str) -> dict[str, float]:
+    """{'{labels}': value} for one metric family in Prometheus text, parsed by hand (not our renderer)."""
+    found = {}
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            labels, _, value = line[len(name):].rpartition(" ")
+            found[labels.strip()] = float(value)
+    return found
+
+
+async def scrape(server) -> str:
+    async with server.api_client() as api:
+        answer = await api.get("/metrics")
+    assert answer.status_code == 200
+    return answer.text
+
+
+async def import_cert(server, ident) -> None:
+    async with server.api_client() as api:
+        put = await api.put("/v1/pushcert", content=ident.cert_pem + ident.key_pem)
+    assert put.status_code == 200, put.text
+
+
+@pytest.fixture
+async def blackhole(nursery):
+    """An 'APNs' that accepts TCP and then says nothing (a firewall eating the handshake)."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    held = []
+
+    async def hold(stream):
+        held.append(stream)
+        await trio.sleep_forever()
+
+    nursery.start_soon(partial(trio.serve_listeners, hold, listeners))
+    yield f"https://localhost:{listeners[0].socket.getsockname()[1]}"
+    for stream in held:
+        await stream.aclose()
+
+
+async def test_push_api_answers_by_its_deadline_when_apns_is_unreachable(nursery, tmp_path, pki, blackhole,
+                                                                         fast_polls):
+    path = make_config(tmp_path, apns={"url": blackhole, "ca_file": str(pki["ca_file"]),
+                                       "push_api_deadline": "1s"})
+    server = await start_server(nursery, path)
+    await import_cert(server, make_push_cert(pki["push_ca"]))
+    add_enrollment(server, "D-1", bytes([0x81]) * 32)
+    async with server.api_client() as api:
+        started = trio.current_time()
+        with trio.fail_after(5):  # without a deadline: 3 attempts x 15 s timeout
+            answer = await api.post("/v1/push/D-1,NOPE")
+        took = trio.current_time() - started
+    assert 0.9 <= took < 3, took
+    assert answer.status_code == 500
+    for eid in ("D-1", "NOPE"):
+        assert "did not answer within 1 s" in answer.json()["status"][eid]["push_error"]
+    await server.aclose()
+
+
+async def test_a_push_past_the_deadline_carries_on_and_is_recorded(nursery, tmp_path, pki, standin, fast_polls):
+    path = make_config(tmp_path, apns={"url": standin.url, "ca_file": str(pki["ca_file"]),
+                                       "push_api_deadline": "0.5s"})
+    server = await start_server(nursery, path)
+    await import_cert(server, make_push_cert(pki["push_ca"]))
+    add_enrollment(server, "L-1", bytes([0x82]) * 32)
+    standin.hold = trio.Event()
+    async with server.api_client() as api:
+        answer = await api.post("/v1/push/L-1")
+    assert answer.status_code == 500 and "goes on" in answer.json()["status"]["L-1"]["push_error"]
+    assert enrollment(server, "L-1")["last_push_result"] is None
+    standin.hold.set()
+    with trio.fail_after(5):
+        while enrollment(server, "L-1")["last_push_result"] != "ok":
+            await trio.sleep(0.05)
+    assert len(standin.requests) == 1  # the late answer was used, not a second push
+    await server.aclose()
+
+
+async def test_every_answer_shows_on_the_device_api_and_in_metrics(app, standin, pki):
+    answers = {  # enrollment id -> (token byte, stand-in answer, result, reason in last_push_error)
+        "R-OK": (0x90, None, "ok", None),
+        "R-410": (0x91, Answer(410, "Unregistered", 1767225600000), "unregistered", "Unregistered"),
+        "R-400": (0x92, Answer(400, "BadDeviceToken"), "rejected", "BadDeviceToken"),
+        "R-TOPIC": (0x93, Answer(400, "DeviceTokenNotForTopic"), "rejected", "DeviceTokenNotForTopic"),
+        "R-403": (0x94, Answer(403, "BadCertificate"), "certificate", "BadCertificate"),
+        "R-429": (0x95, Answer(429, "TooManyRequests"), "throttled", "TooManyRequests"),
+        "R-503": (0x96, Answer(503, "ServiceUnavailable"), "failed", "ServiceUnavailable"),
+    }
+    for eid, (byte, answer, _, _) in answers.items():
+        add_enrollment(app, eid, bytes([byte]) * 32)
+        if answer:
+            standin.answers[(bytes([byte]) * 32).hex()] = answer
+    await import_cert(app, make_push_cert(pki["push_ca"]))
+    async with app.api_client() as api:
+        pushed = await api.post("/v1/push/" + ",".join(eid for eid in answers if eid != "R-403"))
+        assert pushed.status_code == 207
+        # alone, last: a 200 on the same certificate clears a 403 from health (it was per token then)
+        assert (await api.post("/v1/push/R-403")).status_code == 500
+        for eid, (_, _, result, reason) in answers.items():
+            device = (await api.get(f"/v1/devices/{eid}")).json()
+            assert device["last_push_result"] == result, (eid, device)
+            assert device["last_push_at"], eid
+            if reason is None:
+                assert device["last_push_error"] is None
+            else:
+                assert reason in device["last_push_error"], (eid, device)
+        gone = (await api.get("/v1/devices/R-410")).json()
+        assert gone["token_invalid_at"] == "2026-01-01T00:00:00.000000Z"
+        for eid in ("R-400", "R-TOPIC", "R-403", "R-429", "R-503"):  # no mass deletion: still pushable
+            assert (await api.get(f"/v1/devices/{eid}")).json()["token_invalid_at"] is None
+        # 429: that token is left alone for a while (no request reaches APNs)
+        sent = len(standin.requests)
+        again = await api.post("/v1/push/R-429")
+        assert "throttled" in again.json()["status"]["R-429"]["push_error"] and len(standin.requests) == sent
+    assert standin.tokens().count("96" * 32) == 3  # 5xx: retried, bounded
+    async with app.client() as client:
+        push_health = (await client.get("/healthz")).json()["checks"]["push"]
+    assert push_health["status"] == "error" and push_health["certificate_error"] == "BadCertificate"
+
+    with trio.fail_after(5):  # the summary gauges refresh within about a second of the pushes
+        while True:
+            text = await scrape(app)
+            reasons = metric_lines(text, "mdm_enrollments_by_last_push_reason")
+            if len(reasons) >= 6:
+                break
+            await trio.sleep(0.1)
+    for result, reason in (("unregistered", "Unregistered"), ("rejected", "BadDeviceToken"),
+                           ("rejected", "DeviceTokenNotForTopic"), ("certificate", "BadCertificate"),
+                           ("throttled", "TooManyRequests"), ("failed", "ServiceUnavailable")):
+        assert reasons[f'{{reason="{reason}",result="{result}"}}'] == 1, reasons
+    by_result = metric_lines(text, "mdm_enrollments_by_last_push_result")
+    assert by_result['{result="ok"}'] == 1 and by_result['{result="rejected"}'] == 2
+    totals = metric_lines(text, "mdm_pushes_total")
+    assert totals['{result="certificate"}'] >= 1 and totals['{result="failed"}'] >= 1
+    assert metric_lines(text, "mdm_push_status")[""] == 2  # 403: the certificate is the problem
+
+
+@pytest.mark.parametrize("state", ["warning", "expired"])
+async def test_expiry_shows_in_log_daily_status_health_and_metrics(nursery, tmp_path, pki, standin,
+                                                                  monkeypatch, caplog, state):
+    monkeypatch.setattr(PushService, "cert_poll_seconds", 0.1)
+    monkeypatch.setattr(PushService, "expiry_check_seconds", 0.3)  # "daily", sped up
+    path = make_config(tmp_path, apns={"url": standin.url, "ca_file": str(pki["ca_file"])})
+    server = await start_server(nursery, path)
+    if state == "warning":
+        ident = make_push_cert(pki["push_ca"], days=10)
+        await import_cert(server, ident)
+        pc = load_pem(ident.cert_pem, ident.key_pem)
+    else:  # a certificate that expired while in use (written straight into the table: time passing)
+        old = make_push_cert(pki["push_ca"], days=-1, not_before_days=-365)
+        pc = load_pem(old.cert_pem, old.key_pem)
+        with db(server) as c, c:
+            c.execute("INSERT INTO push_certificates (topic, certificate, private_key, sha256, not_before, "
+                      "not_after, imported_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                      (pc.topic, pc.cert_pem, pc.key_pem, pc.fingerprint, NOW, NOW, NOW))
+        await wait_for_topic(server, pc.topic)
+    event, level = (("push_certificate_expires_soon", "WARNING") if state == "warning"
+                    else ("push_certificate_expired", "ERROR"))
+    with trio.fail_after(5):  # log: at load, then again at every check
+        while len([r for r in caplog.records if r.getMessage() == event]) < 3:
+            await trio.sleep(0.05)
+    assert {r.levelname for r in caplog.records if r.getMessage() == event} == {level}
+
+    status = await status_line(server.runtime)  # the STATUS= text systemd shows
+    async with server.client() as client:
+        health = (await client.get("/healthz")).json()
+    push = health["checks"]["push"]
+    text = await scrape(server)
+    days = metric_lines(text, "mdm_push_certificate_days_left")[""]
+    if state == "warning":
+        assert "WARNING" in status and "expires in" in status and pc.topic in status
+        assert push["status"] == "warning" and push["state"] == "warning" and push["days_left"] in (9, 10)
+        assert health["status"] == "warning"
+        assert metric_lines(text, "mdm_push_status")[""] == 1 and 9 < days <= 10
+    else:
+        assert "ERROR" in status and "EXPIRED" in status
+        assert push["status"] == "error" and push["state"] == "expired" and push["days_left"] < 0
+        assert health["status"] == "error"
+        assert metric_lines(text, "mdm_push_status")[""] == 2 and days < 0
+        add_enrollment(server, "X-1", bytes([0x71]) * 32)
+        async with server.api_client() as api:
+            answer = await api.post("/v1/push/X-1")
+        assert answer.status_code == 500
+        assert answer.json()["status"]["X-1"]["push_error"] == "PushCertificateExpired"
+        assert enrollment(server, "X-1")["last_push_error"] == "PushCertificateExpired"
+        assert standin.handshakes == 0  # APNs would refuse it anyway: no handshakes
+    await server.aclose()
+
+
+async def test_renewals_by_cli_and_api_reconnect_the_running_server_with_each_new_certificate(
+        app, standin, pki, tmp_path):
+    """Same topic (a renewal), three identities: API, then CLI (writes the database), then API again.
+    After each, the live APNs connection is replaced and the stand-in sees the new client certificate."""
+    topic = "com.apple.mgmt.External.1b2c3d4e-5f60-4718-8293-a4b5c6d7e8f9"
+    first, second, third = (make_push_cert(pki["push_ca"], topic) for _ in range(3))
+    add_enrollment(app, "S-1", bytes([0xA1]) * 32)
+
+    async def push_and_see(expected) -> None:
+        with trio.fail_after(5):  # the CLI's import is noticed by polling: wait for a push with it
+            while True:
+                async with app.api_client() as api:
+                    assert (await api.post("/v1/push/S-1")).status_code == 200
+                if standin.requests[-1].client_cert == expected.der:
+                    return
+                await trio.sleep(0.05)
+
+    await import_cert(app, first)
+    await push_and_see(first)
+    connections = standin.handshakes
+    cert, key = write_pem(tmp_path, second, "renewed")
+    code, _, err = await cli(app.config_path, "push-cert", "import", str(cert), str(key))
+    assert code == 0, err
+    await push_and_see(second)
+    await import_cert(app, third)
+    async with app.api_client() as api:  # the API's import is used at once, no polling
+        assert (await api.post("/v1/push/S-1")).status_code == 200
+    assert standin.requests[-1].client_cert == third.der
+    assert standin.handshakes == connections + 2  # one new connection per certificate, no more
+    with trio.fail_after(5):  # and the old connections were closed, not left open
+        while len(standin._live) > 1:
+            await trio.sleep(0.05)
+
+
+async def test_apns_refusing_everything_costs_bounded_cpu_and_log_lines(app, standin, pki, caplog):
+    """The whole server (re-push worker, coalescer, client) against an APNs that refuses every
+    connection, with 20 devices whose commands wait and an operator pressing /v1/push meanwhile."""
+    standin.refuse = "tls"
+    with db(app) as c, c:
+        c.execute("INSERT INTO commands (uuid, request_type, body, created_at) VALUES "
+                  "('cmd-h', 'DeviceInformation', x'00', ?)", (NOW,))
+    for n in range(20):
+        add_enrollment(app, f"H-{n}", bytes([0xB0 + n]) * 32)
+        with db(app) as c, c:
+            c.execute("INSERT INTO queue (enrollment_id, command_uuid, created_at) VALUES (?, 'cmd-h', ?)",
+                      (f"H-{n}", NOW))
+    await import_cert(app, make_push_cert(pki["push_ca"]))
+    app.runtime.push.api_deadline = 1.0  # [apns] push_api_deadline
+    caplog.clear()
+    cpu, started = time.process_time(), trio.current_time()
+    async with app.api_client() as api:
+        while trio.current_time() - started < 4:
+            answer = await api.post("/v1/push/H-0")
+            assert answer.status_code == 500 and "push_error" in answer.json()["status"]["H-0"]
+            await trio.sleep(0.2)
+    cpu = time.process_time() - cpu
+    lines = [r for r in caplog.records if r.name.startswith("appliance") and r.name != "appliance.http"]
+    # jittered exponential backoff from 1 s: a handful of connection attempts in 4 s, not thousands
+    assert 1 <= standin.connections <= 8, standin.connections
+    assert len(lines) <= 40, [r.getMessage() for r in lines]
+    assert cpu < 2.0, cpu  # everything in this process: test client, server, TLS; a hot loop burns 4 s
+    with trio.fail_after(10):  # the re-push worker's pushes fail after their bounded attempts, recorded
+        while enrollment(app, "H-5")["last_push_result"] != "failed":
+            await trio.sleep(0.1)

@@ -46,6 +46,7 @@ class PushService:
     # No extra wait: enqueue-to-push latency matters more than saving APNs a duplicate push.
     coalesce_seconds = 0.0
     expiry_check_seconds = 86400.0
+    summary_seconds = 1.0
 
     def __init__(self, runtime, client: APNsClient | None = None):
         self.runtime = runtime
@@ -55,12 +56,16 @@ class PushService:
             max_streams=cfg.max_streams, log=get_logger("apns"),
         )
         self.repush_interval = cfg.repush_interval
+        self.api_deadline = cfg.push_api_deadline
         self._wanted: set[str] = set()
         self._inflight: set[str] = set()
         self._wake = trio.Event()
         self._version = 0
         self.load_error: str | None = None
         self._nursery: trio.Nursery | None = None
+        self._summary_stale = True
+        severity_number = {"ok": 0, "warning": 1, "error": 2}
+        runtime.metrics.push_status.set_function(lambda: severity_number[self.severity()])
 
     # ----- what other parts call ----------------------------------------------------------------
     def request_push(self, enrollment_ids: Iterable[str]) -> None:
@@ -70,10 +75,24 @@ class PushService:
         if len(self._wanted) != before:
             self._wake.set()
 
-    async def push_now(self, enrollment_ids: Iterable[str]) -> dict[str, PushOutcome]:
+    async def push_now(self, enrollment_ids: Iterable[str], deadline: float | None = None
+                       ) -> dict[str, PushOutcome]:
+        """The on-demand push (/v1/push), answered per id within `deadline` ([apns] push_api_deadline).
+
+        With APNs unreachable a push can take timeout x attempts (~45 s): if not all are answered by the
+        deadline, every id gets a push_error saying so, and the pushes carry on in the background
+        (their result is recorded on the enrollment when it comes).
+        """
         ids = list(dict.fromkeys(enrollment_ids))
-        self._wanted.difference_update(ids)  # this push also serves requests still waiting
-        return await self._push(ids)
+        waited = self.api_deadline if deadline is None else deadline
+        answered = await self.push_answered(ids, waited)
+        if answered is not None:
+            return answered
+        why = (f"APNs did not answer within {waited:g} s; the push goes on and its result will show on "
+               f"the enrollment")
+        if self.client.last_connection_error:
+            why += f" (last connection error: {self.client.last_connection_error})"
+        return {eid: PushOutcome(eid, error=why) for eid in ids}
 
     async def push_answered(self, enrollment_ids: Iterable[str], timeout: float) -> dict[str, PushOutcome] | None:
         """push_now for an API answer with a deadline: the outcomes if the pushes finish within `timeout`,
@@ -158,8 +177,10 @@ class PushService:
         if info["state"] == "missing":
             return "no push certificate imported"
         if info["state"] == "expired":
-            return f"push cert EXPIRED on {info['not_after'][:10]}"
+            return f"ERROR: push cert EXPIRED on {info['not_after'][:10]}, renew it with the same Apple ID"
         text = f"push cert {info['topic']} expires in {info['days_left']} days"
+        if info["state"] == "warning":
+            text = f"WARNING: {text}, renew it with the same Apple ID"
         if info["certificate_error"]:
             text += f" (APNs: {info['certificate_error']})"
         return text
@@ -191,6 +212,7 @@ class PushService:
                     self._wake.set()  # requests that came in while these were in flight
             records = [self._record(t, r) for t, r in zip(sendable, results)]
             await store.write(push_store.record_outcomes, records)
+            self._summary_stale = True
             for target, result in zip(sendable, results):
                 self.runtime.metrics.pushes.labels(result.status.value).inc()
                 outcomes[target.enrollment_id] = PushOutcome(
@@ -234,6 +256,7 @@ class PushService:
             nursery.start_soon(self._watch_certificate)
             nursery.start_soon(self._repush_worker)
             nursery.start_soon(self._expiry_warner)
+            nursery.start_soon(self._summary_refresher)
             task_status.started(self)
 
     async def _coalescer(self) -> None:
@@ -269,13 +292,30 @@ class PushService:
             await trio.sleep(period)
             cutoff = to_text(now() - dt.timedelta(seconds=self.repush_interval))
             ids = await self.runtime.store.read(push_store.repush_candidates, cutoff)
+            # those still being pushed (APNs slow or down) are not asked for, nor logged, again
+            ids = [i for i in ids if i not in self._inflight and i not in self._wanted]
             if ids:
                 log.info("repush", count=len(ids), waiting_longer_than=self.repush_interval)
                 self.request_push(ids)
             self._update_metrics()  # days left keeps counting down between daily checks
-            summary = await self.runtime.store.read(push_store.push_summary)
-            for result, count in summary.items():
-                self.runtime.metrics.enrollments_by_push_result.labels(result).set(count)
+            self._summary_stale = True  # enrollments checked out or re-enrolled since
+
+    async def _summary_refresher(self) -> None:
+        """Enrollments by last push result/reason for /metrics: at most once a second, after pushes."""
+        while True:
+            await trio.sleep(self.summary_seconds)
+            if not self._summary_stale:
+                continue
+            self._summary_stale = False
+            by_result = await self.runtime.store.read(push_store.push_summary)
+            by_reason = await self.runtime.store.read(push_store.push_reason_summary)
+            metrics = self.runtime.metrics
+            metrics.enrollments_by_push_result.clear()  # no await until set: a scrape never sees a gap
+            for result, count in by_result.items():
+                metrics.enrollments_by_push_result.labels(result).set(count)
+            metrics.enrollments_by_push_reason.clear()
+            for (result, reason), count in by_reason.items():
+                metrics.enrollments_by_push_reason.labels(result, reason).set(count)
 
     async def _expiry_warner(self) -> None:
         while True:

@@ -177,3 +177,28 @@ def push_summary(conn: sqlite3.Connection) -> dict[str, int]:
         "GROUP BY 1"
     ).fetchall()
     return {r[0]: r[1] for r in rows}
+
+
+def push_reason_summary(conn: sqlite3.Connection) -> dict[tuple[str, str], int]:
+    """Active enrollments whose last push failed, by (result, reason label), for metrics."""
+    rows = conn.execute(
+        "SELECT last_push_result, last_push_error, count(*) FROM enrollments WHERE active = 1 "
+        "AND last_push_result IS NOT NULL AND last_push_result != 'ok' GROUP BY 1, 2"
+    ).fetchall()
+    summary: dict[tuple[str, str], int] = {}
+    for result, error, count in rows:
+        key = (result, reason_label(error))
+        summary[key] = summary.get(key, 0) + count
+    return summary
+
+
+def reason_label(error: str | None) -> str:
+    """A push error as a bounded metric label: APNs' reason ("400 BadDeviceToken" -> BadDeviceToken) or
+    our error class ("ConnectionFailed: OSError: ..." -> ConnectionFailed), never free text."""
+    text = (error or "unknown").strip()
+    head, _, rest = text.partition(" ")
+    if head.isdigit() and rest:
+        text = rest
+    text = text.split(":", 1)[0].split(" ", 1)[0]
+    return "".join(c for c in text if c.isalnum() or c in "_-")[:40] or "unknown"
+

@@ -285,6 +285,9 @@ PATHS: dict = {
     "/v1/push/{ids}": {
         method: {
             "summary": "Push to enrollments now and wait for APNs' answers (NanoMDM compatible).",
+            "description": "Answers within [apns] push_api_deadline (10 s): pushes APNs has not answered by "
+                           "then get a push_error saying so and carry on; their outcome is recorded on the "
+                           "enrollment (GET /v1/devices/ID: last_push_at, last_push_result, last_push_error).",
             "parameters": [{"name": "ids", "in": "path", "required": True, "schema": {"type": "string"},
                             "description": "Comma-separated enrollment ids (at most 10,000)."}],
             "responses": {

@@ -359,3 +359,12 @@ async def test_dead_link_is_found_by_ping_and_replaced(pki):
         assert standin.connections == 2 and standin.tokens() == ["a1" * 32, "a2" * 32]
     closed = [fields for _, event, fields in log.lines if event == "apns_connection_closed"]
     assert closed and closed[0]["reason"] == "PING unanswered"
+
+
+async def test_a_server_without_alpn_h2_is_refused(pki):
+    async with running(pki, backoff_initial=0.05, max_attempts=2) as (standin, client, log):
+        standin.ssl_context.set_alpn_protocols(["http/1.1"])  # an HTTPS server, but not HTTP/2
+        result = await client.push("ab" * 32, "m")
+    assert result.status is PushStatus.FAILED and "ALPN h2" in result.reason
+    assert standin.handshakes >= 1 and standin.requests == []
+    assert "ALPN h2" in client.last_connection_error

@@ -19,6 +19,7 @@ from urllib.parse import quote, urlencode
 
 import click
 
+from appliance.bootstrap import DB_FILE
 from appliance.cli import main
 from appliance.cli.common import ApiClient, CliError, config_option, load_config_or_exit
 from appliance.protocol.plistjson import DATA
@@ -291,7 +292,6 @@ def clear_queue(config_path, as_json, enrollment_id) -> None:
 
 # --- backup ----------------------------------------------------------------------------------------
 
-DB_NAME = "appliance.db"
 _SKIP_SUFFIXES = ("-wal", "-shm", "-journal", ".tmp")
 
 
@@ -310,14 +310,14 @@ def backup(config_path, dest: Path) -> None:
     """
     config = load_config_or_exit(config_path)
     source_dir = config.data_dir
-    source_db = source_dir / DB_NAME
+    source_db = source_dir / DB_FILE
     if not source_db.is_file():
         raise CliError(f"no database at {source_db} (is data_dir right, and readable by you?)")
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise CliError(f"{dest} exists and is not an empty folder")
     try:
         dest.mkdir(mode=0o700, parents=True, exist_ok=True)
-        contents = _backup_database(source_db, dest / DB_NAME)
+        contents = _backup_database(source_db, dest / DB_FILE)
         files = _copy_secrets(source_dir, dest)
     except (OSError, sqlite3.Error) as exc:
         raise CliError(f"backup failed: {exc}") from None
@@ -374,7 +374,7 @@ def _copy_secrets(source_dir: Path, dest: Path) -> list[str]:
     """Every regular file of data_dir but the live database files: CA, server TLS, API key, push CSR key..."""
     copied = []
     for path in sorted(source_dir.iterdir()):
-        if not path.is_file() or path.name.startswith(DB_NAME) or path.name.endswith(_SKIP_SUFFIXES):
+        if not path.is_file() or path.name.startswith(DB_FILE) or path.name.endswith(_SKIP_SUFFIXES):
             continue
         shutil.copy2(path, dest / path.name)
         os.chmod(dest / path.name, path.stat().st_mode & 0o777)

@@ -16,21 +16,17 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from datetime import UTC, datetime
+
+from appliance.store.timefmt import now_text
 
 CONNECT_TOPIC = "mdm.Connect"
-
-
-def _created_at() -> str:
-    # RFC 3339 in UTC, as Go's time.Time marshals (with sub-second digits).
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _envelope(topic: str, kind: str, event: dict) -> bytes:
     document = {
         "topic": topic,
         "event_id": str(uuid.uuid4()),
-        "created_at": _created_at(),
+        "created_at": now_text(),  # RFC 3339 in UTC with sub-second digits, as Go's time.Time marshals
         kind: event,
     }
     return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode("utf-8")

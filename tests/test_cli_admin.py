@@ -112,7 +112,8 @@ async def test_cli_failures_are_one_line_and_nonzero(nursery, tmp_path):
         (("command", "NO-SUCH-UUID"), "404"),
         (("enqueue", ids[0]), "either --plist FILE or --type"),
         (("enqueue", "NOPE", "--type", "ProfileList", "--nopush"), "1 of 1 enrollment(s) failed"),
-        (("push", ids[0]), "failed"),  # no push certificate: the push fails, and says so
+        (("push", ids[0]), "1 not pushed (HTTP 500)"),  # no push certificate: the push fails, and says so
+        (("enqueue", ids[1], "--type", "ProfileList"), "1 not pushed (queued: they get it at their next check-in)"),
         (("clear-queue", "NOPE"), "no enrollment"),
     ]
     for args, expected in cases:

@@ -217,9 +217,17 @@ def _report_outcomes(answer, as_json: bool, status: int) -> None:
                       ("command_error", "ERROR")])
         if "command_uuid" in answer:
             click.echo(f"command {answer['command_uuid']} ({answer['request_type']})", err=True)
-    failed = sum(1 for entry in answer["status"].values() if "command_error" in entry or "push_error" in entry)
-    if failed:
-        raise CliError(f"{failed} of {len(answer['status'])} enrollment(s) failed (HTTP {status})")
+    entries = answer["status"].values()
+    not_queued = sum(1 for entry in entries if "command_error" in entry)
+    not_pushed = sum(1 for entry in entries if "push_error" in entry)
+    if not_queued or not_pushed:
+        problems = []
+        if not_queued:
+            problems.append(f"{not_queued} of {len(entries)} enrollment(s) failed")
+        if not_pushed:
+            problems.append(f"{not_pushed} not pushed" + (" (queued: they get it at their next check-in)"
+                                                          if "command_uuid" in answer else ""))
+        raise CliError(f"{'; '.join(problems)} (HTTP {status})")
 
 
 @main.command("enqueue")

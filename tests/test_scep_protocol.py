@@ -237,6 +237,15 @@ def test_corrupted_messages_only_ever_raise_scep_error(position, xor, cut):
             pass
 
 
+def test_an_attribute_of_a_type_asn1crypto_cannot_read_is_refused():
+    """messageType as REAL instead of PrintableString: asn1crypto raises AttributeError on it."""
+    as_printable = b"\x31\x04\x13\x0219"  # SET { PrintableString "19" }: messageType PKCSReq
+    assert _VALID.count(as_printable) == 1
+    with pytest.raises(scep.ScepError) as refused:
+        scep.parse_pki_message(_VALID.replace(as_printable, b"\x31\x04\x09\x0219"))
+    assert not refused.value.answerable
+
+
 _ENVELOPE = client.envelope(REQUESTER.csr_der, CA_CERT, "aes128")
 
 

@@ -46,9 +46,10 @@ CA_CAPABILITIES = (
     "Renewal",
 )
 
-# What parsing hostile DER can raise, besides our own ScepError.
-_PARSE_ERRORS = (ValueError, TypeError, KeyError, IndexError, OverflowError, UnsupportedAlgorithm,
-                 x509.InvalidVersion)
+# What parsing hostile DER can raise, besides our own ScepError. AttributeError: asn1crypto has no
+# Python value for some universal types (REAL), and `.native` on one raises it (found by fuzzing).
+_PARSE_ERRORS = (ValueError, TypeError, KeyError, IndexError, OverflowError, AttributeError,
+                 UnsupportedAlgorithm, x509.InvalidVersion)
 
 MIN_RSA_BITS = 2048
 MAX_TRANSACTION_ID = 256  # printable string; real clients send 20-64 characters

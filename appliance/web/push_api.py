@@ -16,6 +16,7 @@ from appliance.push import pushcert
 from appliance.push.pushcert import PushCertError
 from appliance.service.commands import answer_code
 from appliance.store import push as push_store
+from appliance.store.timefmt import to_text
 from appliance.web.app import runtime
 from appliance.web.auth import require_api_key
 from appliance.web.errors import api_error
@@ -25,16 +26,12 @@ blueprint = Blueprint("push_api", __name__)
 MAX_IDS = 10_000
 
 
-def _rfc3339(moment) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _truthy(value: str | None) -> bool:
     return (value or "").lower() in ("1", "true", "yes", "on")
 
 
 def _summary(cert: pushcert.PushCertificate) -> dict:
-    return {"topic": cert.topic, "not_after": _rfc3339(cert.not_after),
+    return {"topic": cert.topic, "not_after": to_text(cert.not_after),
             "days_left": cert.days_left()}
 
 

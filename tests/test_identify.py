@@ -19,6 +19,7 @@ from appliance.identity.errors import IdentityError
 from appliance.supervisor import hypercorn_config
 from appliance.web import tls_peer
 from appliance.web.app import create_app
+from appliance.web.app import runtime as server_runtime
 from appliance.web.errors import text_error
 from appliance.web.identify import device_certificate
 from tests.harness import make_config, start_server
@@ -41,7 +42,7 @@ def site_device(site_ca):
 async def probe():
     body = await request.get_data()
     try:
-        certificate = device_certificate(request, body)
+        certificate = device_certificate(server_runtime(), request.scope, request.headers, body)
     except IdentityError as exc:
         return text_error(exc.status, exc.reason)
     return hashlib.sha256(certificate.public_bytes(Encoding.DER)).hexdigest()

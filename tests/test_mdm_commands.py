@@ -6,9 +6,11 @@ import json
 import plistlib
 import threading
 
+import httpx
 import pytest
 import trio
 
+from tests.device_sim import mdm_signature
 from tests.mdm_support import start_mdm_server
 
 
@@ -228,3 +230,19 @@ async def test_concurrent_device_requests_share_one_commit(mdm, nursery):
         release.set()
         for device in devices:
             await device.aclose()
+
+
+async def test_a_device_on_http2_is_served_the_same(mdm):
+    async with mdm.device("H2-DEV") as device:
+        await device.enroll()
+        body = await mdm.enqueue("H2-CMD", ["H2-DEV"])
+        idle = plistlib.dumps({"UDID": "H2-DEV", "Status": "Idle"})
+        ack = plistlib.dumps({"UDID": "H2-DEV", "Status": "Acknowledged", "CommandUUID": "H2-CMD"})
+        async with httpx.AsyncClient(http2=True, verify=mdm.server.ssl_context(), timeout=10) as client:
+            replies = [await client.put(f"{mdm.server.base_url}/mdm/connect", content=payload,
+                                        headers={"Mdm-Signature": mdm_signature(payload, device.cert, device.key)})
+                       for payload in (idle, ack)]
+        assert {reply.http_version for reply in replies} == {"HTTP/2"}
+        assert (replies[0].status_code, replies[0].content) == (200, body)
+        assert (replies[1].status_code, replies[1].content, replies[1].headers["content-length"]) == (200, b"", "0")
+    assert [r["command_uuid"] for r in await _results(mdm, "H2-DEV")] == ["H2-CMD"]

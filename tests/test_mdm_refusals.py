@@ -11,6 +11,7 @@ import h11
 import pytest
 import trio
 
+from appliance.web import device as device_endpoints
 from tests.device_sim import CHECKIN_TYPE, DeviceSim, TestCA, client_context, mdm_signature
 from tests.mdm_support import start_mdm_server
 
@@ -182,13 +183,14 @@ async def test_ecdsa_device_identity(mdm):
 
 # --- the body limit -----------------------------------------------------------------------------------
 
-async def _raw_exchange(mdm, headers, body_parts, *, end=True):
+async def _raw_exchange(mdm, headers, body_parts, *, end=True, method="PUT", with_headers=False):
     """Send a request by hand (h11), possibly without its whole body, and read the answer."""
     stream = await trio.open_ssl_over_tcp_stream("127.0.0.1", mdm.server.port,
                                                  ssl_context=mdm.server.ssl_context(), https_compatible=True)
     conn = h11.Connection(h11.CLIENT)
+    response_headers = {}
     try:
-        await stream.send_all(conn.send(h11.Request(method="PUT", target="/mdm/connect",
+        await stream.send_all(conn.send(h11.Request(method=method, target="/mdm/connect",
                                                     headers=[("Host", "127.0.0.1"), *headers])))
         for part in body_parts:
             await stream.send_all(conn.send(h11.Data(data=part)))
@@ -205,11 +207,12 @@ async def _raw_exchange(mdm, headers, body_parts, *, end=True):
                     conn.receive_data(data)
                 elif isinstance(event, h11.Response):
                     status = event.status_code
+                    response_headers = {name.decode(): value.decode() for name, value in event.headers}
                 elif isinstance(event, h11.Data):
                     body += event.data
                 elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
                     break
-        return status, body
+        return (status, body, response_headers) if with_headers else (status, body)
     finally:
         with trio.move_on_after(2):
             await stream.aclose()
@@ -254,3 +257,45 @@ async def test_a_replaced_certificate_cannot_authenticate_as_another_device(mdm)
         assert reply.status == 403 and "another device" in reply.text
     assert await mdm.dump() == before
     await old.aclose()
+
+
+# --- the device endpoints' own HTTP handling (raw ASGI, appliance.web.device) ---------------------------
+
+async def test_other_methods_are_405_naming_put(mdm):
+    status, body, headers = await _raw_exchange(mdm, [("Content-Length", "0")], [], method="GET", with_headers=True)
+    assert (status, headers.get("allow")) == (405, "PUT") and b"PUT" in body
+
+
+async def test_a_body_that_stalls_is_408_and_changes_nothing(mdm, monkeypatch):
+    monkeypatch.setattr(device_endpoints, "BODY_TIMEOUT", 0.5)
+    before = await mdm.dump()
+    status, body, headers = await _raw_exchange(mdm, [("Content-Length", "100")], [b"x" * 10], end=False,
+                                                with_headers=True)
+    assert (status, headers.get("connection")) == (408, "close") and b"in time" in body
+    assert await mdm.dump() == before
+
+
+async def test_a_client_gone_mid_body_is_no_error(mdm, caplog):
+    stream = await trio.open_ssl_over_tcp_stream("127.0.0.1", mdm.server.port,
+                                                 ssl_context=mdm.server.ssl_context(), https_compatible=True)
+    conn = h11.Connection(h11.CLIENT)
+    await stream.send_all(conn.send(h11.Request(method="PUT", target="/mdm/connect",
+                                                headers=[("Host", "127.0.0.1"), ("Content-Length", "100")])))
+    await stream.send_all(conn.send(h11.Data(data=b"x" * 10)))
+    await stream.aclose()
+    async with mdm.device("AFTER") as device:  # the server carries on
+        await device.enroll()
+        assert (await device.idle()).status == 200
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+
+
+async def test_content_type_is_matched_without_case_or_parameters(mdm):
+    async with mdm.device("CT") as device:
+        await device.enroll()
+        body = plistlib.dumps({"MessageType": "TokenUpdate", "UDID": "CT", "Token": b"\x02", "PushMagic": "M2",
+                               "Topic": "com.apple.mgmt.External.test"})
+        reply = await device.send("/mdm/connect", body,
+                                  content_type="Application/X-Apple-Aspen-MDM-Checkin; charset=UTF-8")
+        assert (reply.status, reply.body) == (200, b"")
+    rows = await mdm.rows("SELECT push_magic, token_update_count FROM enrollments WHERE id = 'CT'")
+    assert rows == [{"push_magic": "M2", "token_update_count": 2}]

@@ -19,7 +19,6 @@ log = get_logger("http")
 # "api" = the admin API under /v1, "common" = health and metrics, served on every listener.
 BLUEPRINTS = [
     ("appliance.web.health", "common"),
-    ("appliance.web.device", "device"),
     ("appliance.web.scep", "device"),
     ("appliance.web.enroll", "device"),
     ("appliance.web.challenges", "api"),
@@ -56,7 +55,9 @@ def create_app(rt: Runtime, roles: frozenset[str] = ALL_ROLES) -> Quart:
 
     @app.after_request
     async def _log_request(response: Response) -> Response:
-        _record(rt, response.status_code)
+        rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        record_request(rt, rule=rule, method=request.method, path=request.path, status=response.status_code,
+                       started=g.get("started"), remote=request.remote_addr)
         return response
 
     @app.errorhandler(HTTPException)
@@ -73,22 +74,27 @@ def create_app(rt: Runtime, roles: frozenset[str] = ALL_ROLES) -> Quart:
             return api_error(500, "internal_error", "internal error (logged)")
         return text_error(500, "internal error")
 
+    # The two device URLs are the hot path: served as raw ASGI in front of quart (appliance.web.device).
+    from appliance.web.device import DeviceEndpoints  # device imports this module
+
+    if "device" in roles:
+        app.asgi_app = DeviceEndpoints(app.asgi_app, rt)  # type: ignore[method-assign]
     return app
 
 
-def _record(rt: Runtime, status: int) -> None:
-    started = g.get("started")
+def record_request(rt: Runtime, *, rule: str, method: str, path: str, status: int, started: float | None,
+                   remote: str | None, enrollment_id: str | None = None, command_uuid: str | None = None) -> None:
+    """The request metrics and log line, for quart's requests and the raw device endpoints alike."""
     duration = time.perf_counter() - started if started is not None else 0.0
-    rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
     rt.metrics.http_requests.labels(rule, str(status)).inc()
     rt.metrics.http_duration.labels(rule).observe(duration)
     log.info(
         "request",
-        method=request.method,
-        path=request.path,
+        method=method,
+        path=path,
         status=status,
         duration_ms=f"{duration * 1000:.1f}",
-        enrollment_id=g.get("enrollment_id"),
-        command_uuid=g.get("command_uuid"),
-        remote=request.remote_addr,
+        enrollment_id=enrollment_id,
+        command_uuid=command_uuid,
+        remote=remote,
     )

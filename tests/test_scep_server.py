@@ -311,3 +311,16 @@ async def test_behind_a_trusted_proxy_the_forwarded_address_is_limited(tmp_path,
         assert other == [(0, None)]
     finally:
         server.stop()
+
+
+async def test_a_spent_one_time_challenge_still_admits_a_resend_of_its_own_transaction(server):
+    """A resend that passed the replay check just before its original was recorded must reach the
+    replay answer, not be refused for the challenge its own original spent (a race seen under load)."""
+    async with server.client() as http, server.api_client() as api:
+        ca = await _ca_cert(http)
+        challenge = (await api.post("/v1/challenges")).json()["challenge"]
+        request = client.pkcs_req(client.Requester(challenge=challenge), ca)
+        assert client.read_cert_rep(await _post(http, request), ca, request).status == 0
+    read, now = server.runtime.store.read, dt.datetime.now(dt.timezone.utc)
+    assert await read(scep_store.challenge_usable, challenge, now, request.transaction_id)
+    assert not await read(scep_store.challenge_usable, challenge, now, "another-transaction")

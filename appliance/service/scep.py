@@ -164,7 +164,7 @@ async def _authorization(runtime, request: PkiMessage, csr: scep.CertificationRe
     static = runtime.config.enrollment.scep_challenge
     if static and hmac.compare_digest(static.encode(), given.encode()):
         return True, None
-    if await runtime.store.read(scep_store.challenge_usable, given, now):
+    if await runtime.store.read(scep_store.challenge_usable, given, now, request.transaction_id):
         return True, given
     return False, None
 

@@ -77,10 +77,13 @@ def record_enrollment(conn: sqlite3.Connection, issued: IssuedCertificate, one_t
     return ISSUED, record_issued(conn, issued)
 
 
-def challenge_usable(conn: sqlite3.Connection, challenge: str, now: datetime) -> bool:
+def challenge_usable(conn: sqlite3.Connection, challenge: str, now: datetime, transaction_id: str) -> bool:
+    """Unused and unexpired, or spent by this very transaction: a resend that raced its original
+    past the replay check, which `record_enrollment` then answers with the original's certificate."""
     row = conn.execute(
-        "SELECT 1 FROM scep_challenges WHERE challenge_sha256 = ? AND used_at IS NULL AND expires_at > ?",
-        (challenge_hash(challenge), to_text(now)),
+        "SELECT 1 FROM scep_challenges WHERE challenge_sha256 = ? AND expires_at > ?"
+        " AND (used_at IS NULL OR used_by = ?)",
+        (challenge_hash(challenge), to_text(now), transaction_id),
     ).fetchone()
     return row is not None
 

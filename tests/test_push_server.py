@@ -20,6 +20,7 @@ from cryptography.x509.oid import NameOID
 
 from appliance.push.pushcert import load_pem
 from appliance.push.scheduler import PushService
+from appliance.store.timefmt import now, to_text
 from appliance.supervisor import status_line
 from tests.apns_certs import make_ca, make_push_cert, make_server
 from tests.apns_standin import Answer, StandIn
@@ -636,3 +637,36 @@ async def test_apns_refusing_everything_costs_bounded_cpu_and_log_lines(app, sta
     with trio.fail_after(10):  # the re-push worker's pushes fail after their bounded attempts, recorded
         while enrollment(app, "H-5")["last_push_result"] != "failed":
             await trio.sleep(0.1)
+
+
+async def test_a_push_lost_to_an_apns_outage_is_made_good_soon_not_after_a_day(
+        nursery, tmp_path, pki, standin, monkeypatch):
+    monkeypatch.setattr(PushService, "cert_poll_seconds", 0.1)
+    monkeypatch.setattr(PushService, "failed_retry_seconds", 0.5)  # 10 min in production
+    path = make_config(tmp_path, apns={"url": standin.url, "ca_file": str(pki["ca_file"]),
+                                       "repush_interval": "24h"})
+    server = await start_server(nursery, path)
+    client = server.runtime.push.client
+    client.backoff_initial, client.backoff_max = 0.05, 0.2
+    await import_cert(server, make_push_cert(pki["push_ca"]))
+    add_enrollment(server, "O-1", bytes([0xC1]) * 32)
+    add_enrollment(server, "O-2", bytes([0xC2]) * 32)  # failed too, but nothing waits for it
+    with db(server) as c, c:
+        c.execute("INSERT INTO commands (uuid, request_type, body, created_at) VALUES "
+                  "('cmd-o', 'DeviceInformation', x'00', ?)", (to_text(now()),))
+        c.execute("INSERT INTO queue (enrollment_id, command_uuid, created_at) VALUES ('O-1', 'cmd-o', ?)",
+                  (to_text(now()),))
+    standin.refuse = "tls"  # APNs unreachable while the command is enqueued
+    server.runtime.push.request_push(["O-1", "O-2"])
+    with trio.fail_after(10):
+        while enrollment(server, "O-1")["last_push_result"] != "failed" or \
+                enrollment(server, "O-2")["last_push_result"] != "failed":
+            await trio.sleep(0.05)
+    standin.refuse = None  # APNs is back
+    with trio.fail_after(10):
+        while enrollment(server, "O-1")["last_push_result"] != "ok":
+            await trio.sleep(0.05)
+    assert standin.tokens() == ["c1" * 32]
+    await trio.sleep(1.2)  # pushed once it worked; and O-2 (nothing pending) is left alone
+    assert standin.tokens() == ["c1" * 32]
+    await server.aclose()

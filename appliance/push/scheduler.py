@@ -3,8 +3,9 @@
 - `request_push(ids)`: fire-and-forget (enqueue calls it after its commit); requests that arrive close
   together, or while the same enrollment's push is in flight, become one push.
 - `await push_now(ids)`: the admin API's on-demand push, answered per id.
-- background: re-push enrollments whose commands wait longer than [apns] repush_interval, pick up a
-  certificate imported by the CLI (polls a version number), warn daily about expiry.
+- background: re-push enrollments whose commands wait longer than [apns] repush_interval (or whose
+  last push failed, after failed_retry_seconds), pick up a certificate imported by the CLI (polls a
+  version number), warn daily about expiry.
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ class PushService:
     coalesce_seconds = 0.0
     expiry_check_seconds = 86400.0
     summary_seconds = 1.0
+    # A push that failed (APNs unreachable or 5xx beyond the client's own retries) while commands wait
+    # is tried again after this long, not only after repush_interval: an outage costs minutes, not a day.
+    failed_retry_seconds = 600.0
 
     def __init__(self, runtime, client: APNsClient | None = None):
         self.runtime = runtime
@@ -287,11 +291,13 @@ class PushService:
                 await self.reload_certificate()
 
     async def _repush_worker(self) -> None:
-        period = max(0.2, min(300.0, self.repush_interval / 4))
+        failed_retry = min(self.repush_interval, self.failed_retry_seconds)
+        period = max(0.2, min(300.0, self.repush_interval / 4, failed_retry / 2))
         while True:
             await trio.sleep(period)
             cutoff = to_text(now() - dt.timedelta(seconds=self.repush_interval))
-            ids = await self.runtime.store.read(push_store.repush_candidates, cutoff)
+            failed_cutoff = to_text(now() - dt.timedelta(seconds=failed_retry))
+            ids = await self.runtime.store.read(push_store.repush_candidates, cutoff, failed_cutoff)
             # those still being pushed (APNs slow or down) are not asked for, nor logged, again
             ids = [i for i in ids if i not in self._inflight and i not in self._wanted]
             if ids:

@@ -154,18 +154,22 @@ def apns_timestamp_text(milliseconds: int | None) -> str:
     return to_text(datetime.fromtimestamp(milliseconds / 1000, UTC))
 
 
-def repush_candidates(conn: sqlite3.Connection, cutoff: str, limit: int = 1000) -> list[str]:
-    """Enrollments with a command queued before cutoff, last pushed before cutoff (or never)."""
+def repush_candidates(conn: sqlite3.Connection, cutoff: str, failed_cutoff: str | None = None,
+                      limit: int = 1000) -> list[str]:
+    """Enrollments with a pending command that are owed a push: the command was queued before cutoff and
+    the last push was before cutoff (or never); or the last push failed (APNs unreachable, 5xx, after
+    the client's own bounded retries) before failed_cutoff, so a push lost to an outage is made good."""
     rows = conn.execute(
         """
         SELECT DISTINCT q.enrollment_id FROM queue q JOIN enrollments e ON e.id = q.enrollment_id
-        WHERE q.cancelled_at IS NULL AND q.created_at < :cutoff
+        WHERE q.cancelled_at IS NULL
           AND e.active = 1 AND e.token IS NOT NULL AND e.token_invalid_at IS NULL
-          AND (e.last_push_at IS NULL OR e.last_push_at < :cutoff)
+          AND ((q.created_at < :cutoff AND (e.last_push_at IS NULL OR e.last_push_at < :cutoff))
+               OR (e.last_push_result = 'failed' AND e.last_push_at < :failed_cutoff))
           AND (e.push_backoff_until IS NULL OR e.push_backoff_until < :now)
         LIMIT :limit
         """,
-        {"cutoff": cutoff, "now": now_text(), "limit": limit},
+        {"cutoff": cutoff, "failed_cutoff": failed_cutoff or cutoff, "now": now_text(), "limit": limit},
     ).fetchall()
     return [r[0] for r in rows]
 

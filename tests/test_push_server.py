@@ -570,6 +570,12 @@ async def test_expiry_shows_in_log_daily_status_health_and_metrics(nursery, tmp_
         assert answer.json()["status"]["X-1"]["push_error"] == "PushCertificateExpired"
         assert enrollment(server, "X-1")["last_push_error"] == "PushCertificateExpired"
         assert standin.handshakes == 0  # APNs would refuse it anyway: no handshakes
+    code, out, err = await cli(server.config_path, "push-cert", "show")
+    assert pc.topic in out and "days left" in out
+    if state == "warning":
+        assert code == 0 and "within 30 days" in err
+    else:
+        assert code == 1 and "EXPIRED" in err
     await server.aclose()
 
 

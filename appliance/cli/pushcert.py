@@ -116,6 +116,7 @@ def show(config_path, as_json) -> None:
     """
     from appliance.push import pushcert
     from appliance.store import push as push_store
+    from appliance.store.timefmt import to_text
 
     config = load_config_or_exit(config_path)
     conn = _open_db(config)
@@ -129,11 +130,13 @@ def show(config_path, as_json) -> None:
         pc = pushcert.load_pem(stored.certificate, stored.private_key)
     except pushcert.PushCertError as exc:
         raise CliError(f"the stored push certificate is unusable: {exc}") from None
-    info = {"topic": pc.topic, "not_after": f"{pc.not_after:%Y-%m-%dT%H:%M:%SZ}",
+    info = {"topic": pc.topic, "not_after": to_text(pc.not_after),
             "days_left": pc.days_left(), "state": pushcert.expiry_state(pc),
             "sha256": pc.fingerprint, "imported_at": stored.imported_at}
     if as_json:
         click.echo(json.dumps(info))
+        if info["state"] == "expired":
+            raise SystemExit(1)  # an error everywhere, scripts and monitoring included
         return
     click.echo(f"topic:      {info['topic']}")
     click.echo(f"not after:  {info['not_after']}")
@@ -142,6 +145,7 @@ def show(config_path, as_json) -> None:
     click.echo(f"sha256:     {info['sha256']}")
     if info["state"] == "expired":
         click.echo("EXPIRED: no device can be pushed; renew with the same Apple ID", err=True)
+        raise SystemExit(1)  # an error everywhere, scripts and monitoring included
     elif info["state"] == "warning":
         click.echo("expires within 30 days: renew it with the same Apple ID", err=True)
 

@@ -64,7 +64,8 @@ def _cpu_seconds(stat: Path) -> float:
 
 
 def store_counts(base_url: str, ca_file: Path) -> tuple[int, int]:
-    """(write jobs, commits) from the server's /metrics: how well group commit batches the writes."""
+    """(write jobs, commits) from the server's /metrics: how well group commit batches the writes
+    ((0, 0) from a server too old to have these metrics)."""
     text = httpx.get(f"{base_url}/metrics", headers={"Authorization": f"Bearer {API_KEY}"},
                      verify=str(ca_file), timeout=30).text
     values = {}
@@ -72,7 +73,7 @@ def store_counts(base_url: str, ca_file: Path) -> tuple[int, int]:
         name, _, value = line.partition(" ")
         if name in ("mdm_store_write_jobs_total", "mdm_store_commits_total"):
             values[name] = int(float(value))
-    return values["mdm_store_write_jobs_total"], values["mdm_store_commits_total"]
+    return values.get("mdm_store_write_jobs_total", 0), values.get("mdm_store_commits_total", 0)
 
 
 def own_cpu_seconds() -> float:

@@ -270,8 +270,16 @@ async def test_start_warns_when_profile_urls_changed(tmp_path, nursery, caplog):
     assert any("checkin_url" in w for w in warnings)
     async with second.client() as http:
         health = (await http.get("/healthz")).json()
-    assert health["checks"]["enrollment"]["status"] == "warning"
-    assert health["checks"]["enrollment"]["profile_url_changes"]
+        assert health["checks"]["enrollment"]["status"] == "warning"
+        assert health["checks"]["enrollment"]["profile_url_changes"]
+        listed = await _run_cli("enrollment-urls", "--config", str(moved))
+        assert listed.exit_code == 0 and "warning: " in listed.output and "127.0.0.1" in listed.output
+        # The operator re-enrolled those devices: forgetting the old set ends the warning.
+        forgot = await _run_cli("enrollment-urls", "--config", str(moved), "--forget-changed")
+        assert forgot.exit_code == 0, forgot.output
+        assert "forgot https://127.0.0.1" in forgot.output and "warning: " not in forgot.output
+        check = (await http.get("/healthz")).json()["checks"]["enrollment"]
+    assert (check["status"], check["profile_url_changes"]) == ("ok", [])
     second.stop()
 
 

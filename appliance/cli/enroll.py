@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -26,36 +27,22 @@ def enroll_profile(config_path, out) -> None:
     \b
     Example:  mdm-appliance enroll-profile --config /etc/mdm-appliance/appliance.toml --out enroll.mobileconfig
     """
-    from appliance.bootstrap import prepare_data_dir
     from appliance.files import write_atomic
     from appliance.protocol.profile import ProfileError
     from appliance.service import enrollment
     from appliance.store import scep as scep_store
-    from appliance.store.db import connect_sync
 
     config = load_config_or_exit(config_path)
     try:
-        prepared = prepare_data_dir(config)
-        conn = connect_sync(prepared.db_path, config.storage.synchronous)
-    except (OSError, RuntimeError) as exc:
-        raise CliError(f"cannot open the data directory {config.data_dir}: {exc}") from None
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(config) as (prepared, conn):
             inputs = enrollment.prepare_profile(conn, config)
             data, record = enrollment.render_profile(
                 config, prepared.ca, inputs, server_cert_from_ca=prepared.server_cert_from_ca,
                 tls_cert=prepared.tls_cert, tls_key=prepared.tls_key)
             if record is not None:
                 scep_store.record_issued(conn, record)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
     except ProfileError as exc:
         raise CliError(str(exc)) from None
-    finally:
-        conn.close()
     if out == "-":
         sys.stdout.buffer.write(data)
         return
@@ -65,6 +52,58 @@ def enroll_profile(config_path, out) -> None:
     except OSError as exc:
         raise CliError(f"cannot write {out}: {exc.strerror or exc}") from None
     click.echo(f"wrote {out} ({len(data)} bytes)", err=True)
+
+
+@main.command("enrollment-urls")
+@config_option
+@click.option("--forget-changed", is_flag=True,
+              help="Forget the sets that differ from the config (their devices were re-enrolled).")
+def enrollment_urls(config_path, forget_changed) -> None:
+    """List the Topic/ServerURL/CheckInURL sets that enrollment profiles handed out.
+
+    Devices keep these for as long as they are enrolled; a set that differs from the config is
+    warned about at start and in /healthz. After re-enrolling (or retiring) those devices,
+    --forget-changed drops such sets and the warning stops.
+
+    \b
+    Example:  mdm-appliance enrollment-urls --config /etc/mdm-appliance/appliance.toml --forget-changed
+    """
+    from appliance.service import enrollment
+
+    config = load_config_or_exit(config_path)
+    with _transaction(config) as (_, conn):
+        if forget_changed:
+            for entry in enrollment.forget_changed_urls(conn, config):
+                click.echo(f"forgot {entry['server_url']} (topic {entry['topic']})", err=True)
+        for problem in enrollment.url_mismatches(conn, config):
+            click.echo(f"warning: {problem}", err=True)
+        for entry in enrollment.recorded_url_sets(conn):
+            click.echo(f"{entry['topic']}  {entry['server_url']}  {entry['checkin_url']}  "
+                       f"(profiles built {entry['first_built_at']} .. {entry['last_built_at']})")
+
+
+@contextlib.contextmanager
+def _transaction(config):
+    """(prepared data dir, connection) inside one write transaction, committed unless an exception
+    leaves the block; works next to a running server (SQLite WAL, BEGIN IMMEDIATE waits its turn)."""
+    from appliance.bootstrap import prepare_data_dir
+    from appliance.store.db import connect_sync
+
+    try:
+        prepared = prepare_data_dir(config)
+        conn = connect_sync(prepared.db_path, config.storage.synchronous)
+    except (OSError, RuntimeError) as exc:
+        raise CliError(f"cannot open the data directory {config.data_dir}: {exc}") from None
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield prepared, conn
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    finally:
+        conn.close()
 
 
 @main.command("challenge")

@@ -89,7 +89,7 @@ def push_topic(conn: sqlite3.Connection) -> str | None:
 # --- which Topic/ServerURL/CheckInURL profiles handed out ---------------------------------
 
 
-def _recorded_url_sets(conn: sqlite3.Connection) -> list[dict]:
+def recorded_url_sets(conn: sqlite3.Connection) -> list[dict]:
     row = conn.execute("SELECT value FROM meta WHERE key = ?", (META_PROFILE_URLS,)).fetchone()
     try:
         return json.loads(row[0]) if row else []
@@ -97,8 +97,15 @@ def _recorded_url_sets(conn: sqlite3.Connection) -> list[dict]:
         return []
 
 
+def _store_url_sets(conn: sqlite3.Connection, sets: list[dict]) -> None:
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (META_PROFILE_URLS, json.dumps(sets[-_MAX_URL_SETS:])),
+    )
+
+
 def record_profile_urls(conn: sqlite3.Connection, urls: EnrolledUrls, now: datetime) -> None:
-    sets = _recorded_url_sets(conn)
+    sets = recorded_url_sets(conn)
     current = {"topic": urls.topic, "server_url": urls.server_url, "checkin_url": urls.checkin_url}
     for entry in sets:
         if {k: entry.get(k) for k in current} == current:
@@ -106,29 +113,36 @@ def record_profile_urls(conn: sqlite3.Connection, urls: EnrolledUrls, now: datet
             break
     else:
         sets.append({**current, "first_built_at": to_text(now), "last_built_at": to_text(now)})
-    conn.execute(
-        "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        (META_PROFILE_URLS, json.dumps(sets[-_MAX_URL_SETS:])),
-    )
+    _store_url_sets(conn, sets)
+
+
+def _changed_keys(conn: sqlite3.Connection, config: Config, entry: dict) -> list[tuple[str, str]]:
+    """(key, value now) for each of Topic/ServerURL/CheckInURL that differs from a recorded set."""
+    topic = push_topic(conn)
+    wanted = enrolled_urls(config.server.public_url, topic or "")
+    return [(key, now_value) for key, now_value in (("topic", wanted.topic), ("server_url", wanted.server_url),
+                                                     ("checkin_url", wanted.checkin_url))
+            if (key != "topic" or topic) and entry.get(key) != now_value]
 
 
 def url_mismatches(conn: sqlite3.Connection, config: Config) -> list[str]:
     """Warnings, one per key that differs from what an earlier profile gave devices."""
-    topic = push_topic(conn)
-    wanted = enrolled_urls(config.server.public_url, topic or "")
-    problems = []
-    for entry in _recorded_url_sets(conn):
-        for key, now_value in (("topic", wanted.topic), ("server_url", wanted.server_url),
-                               ("checkin_url", wanted.checkin_url)):
-            if key == "topic" and not topic:
-                continue
-            if entry.get(key) != now_value:
-                problems.append(
-                    f"profiles built since {entry.get('first_built_at')} gave devices {key} "
-                    f"{entry.get(key)!r} but the appliance now uses {now_value!r}: devices enrolled with "
-                    f"those profiles keep the old value and will not reach this server until re-enrolled"
-                )
+    problems = [
+        f"profiles built since {entry.get('first_built_at')} gave devices {key} "
+        f"{entry.get(key)!r} but the appliance now uses {now_value!r}: devices enrolled with "
+        f"those profiles keep the old value and will not reach this server until re-enrolled"
+        for entry in recorded_url_sets(conn) for key, now_value in _changed_keys(conn, config, entry)
+    ]
     return list(dict.fromkeys(problems))
+
+
+def forget_changed_urls(conn: sqlite3.Connection, config: Config) -> list[dict]:
+    """Drop the recorded sets that differ from the config (the operator has re-enrolled, or retired,
+    the devices that had them), so the start warning and the health warning stop; return them."""
+    sets = recorded_url_sets(conn)
+    forgotten = [entry for entry in sets if _changed_keys(conn, config, entry)]
+    _store_url_sets(conn, [entry for entry in sets if entry not in forgotten])
+    return forgotten
 
 
 async def warn_on_changed_urls(runtime) -> list[str]:

@@ -63,8 +63,9 @@ async def test_kill_9_during_a_busy_queue_loses_nothing(tmp_path):
             for device in devices:
                 nursery.start_soon(_drain_until_killed, device, answered[device.udid])
             # Let them get well into their queues, then pull the plug mid-stream.
-            while sum(len(a) for a in answered.values()) < DEVICES * COMMANDS // 3:
-                await trio.sleep(0.01)
+            with trio.fail_after(120):  # a device that stopped early must fail the test, not hang it
+                while sum(len(a) for a in answered.values()) < DEVICES * COMMANDS // 3:
+                    await trio.sleep(0.01)
             assert server.kill(signal.SIGKILL) == -signal.SIGKILL
         in_flight_total = DEVICES * COMMANDS - sum(len(a) for a in answered.values())
         assert in_flight_total > 0, "the kill came too late to test anything"

@@ -55,6 +55,15 @@ def decode_all(certificate: x509.Certificate) -> None:
     list(certificate.extensions)
 
 
+def is_ca(certificate: x509.Certificate, *, if_unsaid: bool) -> bool:
+    """The BasicConstraints cA flag; `if_unsaid` when there is no such extension (old v1 roots carry
+    no extensions at all, and neither do some device certificates)."""
+    try:
+        return certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        return if_unsaid
+
+
 def load_ca_certificates(data: bytes) -> list[x509.Certificate]:
     """Every certificate in a PEM bundle (or the one in a DER file), each one a CA that may
     issue device identities; ValueError saying what is wrong otherwise."""
@@ -66,10 +75,6 @@ def load_ca_certificates(data: bytes) -> list[x509.Certificate]:
     except ValueError:
         raise ValueError("holds no readable certificate (expected PEM or DER)") from None
     for certificate in certificates:
-        try:
-            constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints).value
-        except x509.ExtensionNotFound:
-            continue  # old v1 roots carry no extensions at all
-        if not constraints.ca:
+        if not is_ca(certificate, if_unsaid=True):
             raise ValueError(f"{certificate.subject.rfc4514_string()} is not a CA certificate")
     return certificates

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 
-from appliance.identity.certificate import decode_all
+from appliance.identity.certificate import decode_all, is_ca
 from appliance.identity.errors import UntrustedCertificate
 
 
@@ -29,7 +29,7 @@ class TrustAnchors:
         # certificate -> (not before, not after); only the dates can change a verdict once given.
         self._vouched: dict[x509.Certificate, tuple[dt.datetime, dt.datetime]] = {}
         for ca in ca_certs:
-            if not _may_issue(ca):
+            if not is_ca(ca, if_unsaid=True):  # an old v1 root has no extensions: accepted
                 raise ValueError(f"trust anchor {ca.subject.rfc4514_string()} is not a CA certificate")
             self._by_subject.setdefault(ca.subject, []).append(ca)
 
@@ -48,12 +48,12 @@ class TrustAnchors:
         # logging) will touch now, so a certificate that fails later cannot turn into a 500.
         try:
             decode_all(cert)
-            is_ca = _is_ca(cert)
+            a_ca = is_ca(cert, if_unsaid=False)
         except Exception:  # ValueError, TypeError, DuplicateExtension, ... from cryptography
             raise UntrustedCertificate("certificate cannot be decoded") from None
         issuer = cert.issuer
         not_before, not_after = cert.not_valid_before_utc, cert.not_valid_after_utc
-        if is_ca:
+        if a_ca:
             raise UntrustedCertificate("a CA certificate is not a device identity")
         self._check_dates(not_before, not_after, now)
 
@@ -76,18 +76,3 @@ class TrustAnchors:
             raise UntrustedCertificate("certificate is not yet valid")
         if now - self.clock_skew > not_after:
             raise UntrustedCertificate("certificate has expired")
-
-
-def _is_ca(cert: x509.Certificate) -> bool:
-    try:
-        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    except x509.ExtensionNotFound:
-        return False
-
-
-def _may_issue(cert: x509.Certificate) -> bool:
-    # Old v1 roots carry no extensions at all; accept those, refuse explicit end-entity certs.
-    try:
-        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    except x509.ExtensionNotFound:
-        return True

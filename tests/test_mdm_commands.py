@@ -226,6 +226,10 @@ async def test_concurrent_device_requests_share_one_commit(mdm, nursery):
         # One commit for the eight (two if a background job's write slipped in between them).
         assert store.writes - writes >= len(devices) and store.commits - commits <= 2
         assert len(await mdm.rows("SELECT 1 FROM results WHERE command_uuid LIKE 'GC-CMD-%'")) == len(devices)
+        async with mdm.server.api_client() as api:  # operators see the same figures
+            metrics = (await api.get("/metrics")).text.splitlines()
+        assert f"mdm_store_commits_total {float(store.commits)}" in metrics
+        assert f"mdm_store_write_jobs_total {float(store.writes)}" in metrics
     finally:
         release.set()
         for device in devices:

@@ -133,3 +133,28 @@ def test_the_shipped_configs_are_valid():
     for name in ("appliance.toml", "local.toml"):
         result = run_cli("check-config", "--config", str(root / name))
         assert result.returncode == 0, (name, result.stderr)
+
+
+def test_readme_and_reference_config_name_every_key():
+    """The README's key table and the commented config/appliance.toml must not drift from the model."""
+    import re
+    import tomllib
+
+    from pydantic import BaseModel
+
+    from appliance.config import Config
+
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+    # Keys that are commented out in the reference still count: they show the operator the option.
+    reference = (root / "config" / "appliance.toml").read_text()
+    uncommented = re.sub(r"^# ?([a-z_]+ = )", r"\1", reference, flags=re.M)
+    documented = tomllib.loads(uncommented)
+    for section, field in Config.model_fields.items():
+        model = field.annotation
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            continue
+        row = next((line for line in readme.splitlines() if line.startswith(f"| `[{section}]` |")), "")
+        for key in model.model_fields:
+            assert f"`{key}`" in row, f"README config table lacks [{section}] {key}"
+            assert key in documented.get(section, {}), f"config/appliance.toml lacks [{section}] {key}"

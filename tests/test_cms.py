@@ -4,9 +4,10 @@ import base64
 import hashlib
 
 import pytest
-from asn1crypto import cms
+from asn1crypto import cms, core
 from asn1crypto import x509 as asn1_x509
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -341,3 +342,91 @@ def test_mutated_real_signature_only_raises_identity_errors(mutation_vector, dat
 @pytest.fixture(scope="module")
 def mutation_vector(rsa_device):
     return openssl_sign(rsa_device, BODY, "-md", "sha1")
+
+
+# --- signed attribute rules, each in an otherwise valid signature -------------------------------
+# The vectors are re-signed with the device key (cryptography) over attribute DER built with
+# asn1crypto, so that only the rule under test is broken.
+
+class _AnySet(core.SetOf):
+    _child_spec = core.Any
+
+
+class _AnyAttribute(core.Sequence):
+    # CMSAttribute with raw values, so that a value of the wrong ASN.1 type can be sent.
+    _fields = [("type", cms.CMSAttributeType), ("values", _AnySet)]
+
+
+def _attribute(type_: str, *value_ders: bytes) -> bytes:
+    return _AnyAttribute({"type": type_, "values": [core.Any.load(d) for d in value_ders]}).dump()
+
+
+def _set(*element_ders: bytes) -> bytes:
+    return _AnySet([core.Any.load(d) for d in element_ders]).dump()
+
+
+def resigned(device, attribute_ders: list[bytes]) -> bytes:
+    """openssl's RSA signature with its signed attributes replaced by `attribute_ders`, signed again."""
+    loaded = cms.ContentInfo.load(openssl_sign(device, BODY))
+    signed_data, info = loaded["content"], loaded["content"]["signer_infos"][0]
+    attrs = _set(*attribute_ders)
+    signature = device.key.sign(attrs, padding.PKCS1v15(), hashes.SHA256())
+    new_info = cms.SignerInfo({
+        "version": info["version"], "sid": info["sid"], "digest_algorithm": info["digest_algorithm"],
+        "signed_attrs": cms.CMSAttributes.load(attrs), "signature_algorithm": info["signature_algorithm"],
+        "signature": signature,
+    })
+    return cms.ContentInfo({"content_type": "signed_data", "content": cms.SignedData({
+        "version": signed_data["version"], "digest_algorithms": signed_data["digest_algorithms"],
+        "encap_content_info": signed_data["encap_content_info"],
+        "certificates": signed_data["certificates"], "signer_infos": [new_info],
+    })}).dump()
+
+
+DATA_OID = core.ObjectIdentifier("1.2.840.113549.1.7.1").dump()
+DIGEST = core.OctetString(hashlib.sha256(BODY).digest()).dump()
+
+
+def test_resigned_attributes_verify(rsa_device):
+    # The helper itself: correct attributes, re-signed, verify (so the refusals below are the rule's).
+    der = resigned(rsa_device, [_attribute("content_type", DATA_OID), _attribute("message_digest", DIGEST)])
+    assert verify_detached_signature(b64(der), BODY) == rsa_device.cert
+
+
+@pytest.mark.parametrize(("attributes", "error", "reason"), [
+    ([("message_digest", DIGEST)], SignatureMalformed, "exactly one content-type"),
+    ([("content_type", DATA_OID), ("content_type", DATA_OID), ("message_digest", DIGEST)],
+     SignatureMalformed, "exactly one content-type"),
+    ([("content_type", DATA_OID, DATA_OID), ("message_digest", DIGEST)], SignatureMalformed, "exactly one content-type"),
+    ([("content_type", core.ObjectIdentifier("1.2.840.113549.1.7.2").dump()), ("message_digest", DIGEST)],
+     SignatureMalformed, "not id-data"),
+    ([("content_type", DATA_OID)], SignatureMalformed, "exactly one message-digest"),
+    ([("content_type", DATA_OID), ("message_digest", DIGEST), ("message_digest", DIGEST)],
+     SignatureMalformed, "exactly one message-digest"),
+    ([("content_type", DATA_OID), ("message_digest", DIGEST, DIGEST)], SignatureMalformed, "exactly one message-digest"),
+    ([("content_type", DATA_OID), ("message_digest", core.OctetString(hashlib.sha1(BODY).digest()).dump())],
+     SignatureInvalid, "does not match"),
+    # Values of the wrong ASN.1 type: unreadable, not a crash and not a mismatch.
+    ([("content_type", core.OctetString(b"data").dump()), ("message_digest", DIGEST)],
+     SignatureMalformed, "not a valid DER"),
+    ([("content_type", DATA_OID), ("message_digest", core.Integer(12345).dump())], SignatureMalformed, "not a valid DER"),
+])
+def test_signed_attribute_rules(rsa_device, attributes, error, reason):
+    der = resigned(rsa_device, [_attribute(type_, *values) for type_, *values in attributes])
+    with pytest.raises(error, match=reason):
+        verify_detached_signature(b64(der), BODY)
+
+
+def test_pss_parameters_read_from_each_signature(rsa_device):
+    # Three salt lengths in turn (20 is the default, so its parameters omit it), then a signature
+    # whose parameters claim a salt length it was not made with.
+    made = {salt: openssl_sign(rsa_device, BODY, "-keyopt", "rsa_padding_mode:pss", "-keyopt", f"rsa_pss_saltlen:{salt}")
+            for salt in (20, 32, 48)}
+    for salt in (32, 20, 48, 32):
+        assert verify_detached_signature(b64(made[salt]), BODY) == rsa_device.cert
+    params = {salt: signer_info(der)["signature_algorithm"]["parameters"] for salt, der in made.items()}
+    assert params[48]["salt_length"].native == 48
+    claims_48 = made[32].replace(params[32].dump(), params[48].dump())  # same length: one byte differs
+    assert claims_48 != made[32]
+    with pytest.raises(SignatureInvalid, match="does not verify"):
+        verify_detached_signature(b64(claims_48), BODY)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 from dataclasses import dataclass
@@ -34,6 +35,67 @@ _HASHES: dict[str, type[hashes.HashAlgorithm]] = {
     "sha512": hashes.SHA512,
 }
 
+def _oid(dotted: str) -> bytes:
+    return core.ObjectIdentifier(dotted).contents
+
+
+# Encoded OID contents (made by asn1crypto, from its own name maps), so that the hot path compares
+# bytes instead of converting each OID to a dotted string and a name. The maps are keyed by every
+# dotted form a name has (some names have two OIDs).
+_SIGNED_DATA = cms.ContentType("signed_data").contents
+_DATA = cms.ContentType("data").contents
+_CONTENT_TYPE = cms.CMSAttributeType("content_type").contents
+_MESSAGE_DIGEST = cms.CMSAttributeType("message_digest").contents
+_DIGEST_NAMES = {_oid(dotted): name for dotted, name in algos.DigestAlgorithmId._map.items() if name in _HASHES}
+# Every signature algorithm asn1crypto knows a kind for ("rsassa_pkcs1v15", "ecdsa", ...).
+_SIGNATURE_KINDS: dict[bytes, str] = {}
+for _dotted, _name in algos.SignedDigestAlgorithmId._map.items():
+    try:
+        _SIGNATURE_KINDS[_oid(_dotted)] = algos.SignedDigestAlgorithm({"algorithm": _name}).signature_algo
+    except ValueError:
+        pass  # no signature kind (an encryption-only OID): stays unknown, as before
+
+
+class _Values(core.SetOf):
+    _child_spec = core.Any  # parsed on demand, only for the two attributes checked
+
+
+class _Attribute(core.Sequence):
+    _fields = [("type", core.ObjectIdentifier), ("values", _Values)]
+
+
+class _Attributes(core.SetOf):
+    _child_spec = _Attribute
+
+
+# asn1crypto's CMS schema, except that signed attribute values stay raw (no per-attribute schema
+# lookup): only content-type and message-digest values are read, each parsed with its own type.
+# asn1crypto supports such subclasses (it sets each class up separately).
+class _SignerInfoSchema(cms.SignerInfo):
+    _fields = [
+        ("version", cms.CMSVersion),
+        ("sid", cms.SignerIdentifier),
+        ("digest_algorithm", algos.DigestAlgorithm),
+        ("signed_attrs", _Attributes, {"implicit": 0, "optional": True}),
+        ("signature_algorithm", algos.SignedDigestAlgorithm),
+        ("signature", core.OctetString),
+        ("unsigned_attrs", cms.CMSAttributes, {"implicit": 1, "optional": True}),
+    ]
+
+
+class _SignerInfosSchema(cms.SignerInfos):
+    _child_spec = _SignerInfoSchema
+
+
+class _SignedDataSchema(cms.SignedData):
+    _fields = [(name, _SignerInfosSchema, *rest) if name == "signer_infos" else (name, spec, *rest)
+               for name, spec, *rest in cms.SignedData._fields]
+
+
+class _ContentInfoSchema(cms.ContentInfo):
+    _oid_specs = {"signed_data": _SignedDataSchema}  # anything else is refused before its content is read
+
+
 # A real header is a few KiB (signature plus one or two certificates); refuse to base64-decode
 # and parse megabytes of junk.
 MAX_SIGNATURE_LENGTH = 64 * 1024
@@ -54,16 +116,16 @@ class _SignerInfo:
 
     digest_name: str
     signature_kind: str | None  # "rsassa_pkcs1v15", "rsassa_pss", "ecdsa", ...; None if unknown
-    signature_oid: str
+    signature_oid: str  # dotted, when signature_kind is None
     pss: _Pss | None
     signature: bytes
     signed_attrs_der: bytes | None  # as received, [0] IMPLICIT tag included; None when absent
-    content_types: list[list[str]]  # values of each content-type attribute
+    content_types: list[list[bytes]]  # values (encoded OID contents) of each content-type attribute
     message_digests: list[list[bytes]]  # values of each message-digest attribute
     signer_issuer_der: bytes | None  # signer named by issuer + serial ...
     signer_serial: int | None
     signer_key_id: bytes | None  # ... or by subject key identifier
-    certificate_ders: list[bytes]  # every certificate included
+    certificate_ders: tuple[bytes, ...]  # every certificate included
 
 
 def verify_detached_signature(signature: bytes | str, body: bytes) -> x509.Certificate:
@@ -108,14 +170,15 @@ def _decode(signature: bytes | str) -> bytes:
 
 def _read(der: bytes) -> _SignerInfo:
     # asn1crypto parses lazily: any field access can be the one that meets the junk, so the
-    # whole walk is one guarded block whose only output is plain Python values.
+    # whole walk is one guarded block whose only output is plain Python values. Each field is
+    # read once, and OIDs are compared by their encoded contents (no dotted/name conversion).
     try:
-        content_info = cms.ContentInfo.load(der, strict=True)
-        if content_info["content_type"].native != "signed_data":
+        content_info = _ContentInfoSchema.load(der, strict=True)
+        if content_info["content_type"].contents != _SIGNED_DATA:
             raise SignatureMalformed("signature is not a CMS SignedData")
         signed_data = content_info["content"]
         encap = signed_data["encap_content_info"]
-        if encap["content_type"].native != "data":
+        if encap["content_type"].contents != _DATA:
             raise SignatureMalformed("signed content type is not id-data")
         if not isinstance(encap["content"], core.Void):
             raise SignatureMalformed("signature is not detached")
@@ -125,39 +188,38 @@ def _read(der: bytes) -> _SignerInfo:
         info = signer_infos[0]
 
         algorithm = info["signature_algorithm"]
-        oid = algorithm["algorithm"].native
-        try:
-            kind = algorithm.signature_algo
-        except ValueError:
-            kind = None
+        algorithm_oid = algorithm["algorithm"]
+        kind = _SIGNATURE_KINDS.get(algorithm_oid.contents)
+        digest_oid = info["digest_algorithm"]["algorithm"]
         signed_attrs = info["signed_attrs"]
-        content_types: list[list[str]] = []
+        content_types: list[list[bytes]] = []
         message_digests: list[list[bytes]] = []
+        signed_attrs_der = None
         if not isinstance(signed_attrs, core.Void):
+            signed_attrs_der = signed_attrs.dump()
             for attribute in signed_attrs:
-                name = attribute["type"].native
-                if name == "content_type":
-                    content_types.append([value.native for value in attribute["values"]])
-                elif name == "message_digest":
-                    message_digests.append([value.native for value in attribute["values"]])
+                attribute_type = attribute["type"].contents
+                if attribute_type == _CONTENT_TYPE:
+                    content_types.append([v.parse(core.ObjectIdentifier).contents for v in attribute["values"]])
+                elif attribute_type == _MESSAGE_DIGEST:
+                    message_digests.append([v.parse(core.OctetString).native for v in attribute["values"]])
         sid = info["sid"]
+        chosen = sid.chosen
         by_serial = sid.name == "issuer_and_serial_number"
         included = signed_data["certificates"]
         return _SignerInfo(
-            digest_name=info["digest_algorithm"]["algorithm"].native,
+            digest_name=_DIGEST_NAMES.get(digest_oid.contents) or digest_oid.native,
             signature_kind=kind,
-            signature_oid=oid,
-            pss=_read_pss(algorithm["parameters"]) if kind == "rsassa_pss" else None,
+            signature_oid=algorithm_oid.dotted if kind is None else "",  # for the error message
+            pss=_read_pss(algorithm["parameters"].dump()) if kind == "rsassa_pss" else None,
             signature=info["signature"].native,
-            signed_attrs_der=None if isinstance(signed_attrs, core.Void) else signed_attrs.dump(),
+            signed_attrs_der=signed_attrs_der,
             content_types=content_types,
             message_digests=message_digests,
-            signer_issuer_der=sid.chosen["issuer"].dump() if by_serial else None,
-            signer_serial=sid.chosen["serial_number"].native if by_serial else None,
-            signer_key_id=None if by_serial else sid.chosen.native,
-            certificate_ders=[] if isinstance(included, core.Void) else [
-                choice.chosen.dump() for choice in included if choice.name == "certificate"
-            ],
+            signer_issuer_der=chosen["issuer"].dump() if by_serial else None,
+            signer_serial=chosen["serial_number"].native if by_serial else None,
+            signer_key_id=None if by_serial else chosen.native,
+            certificate_ders=() if isinstance(included, core.Void) else _certificate_ders(included.dump()),
         )
     except (SignatureMalformed, SignatureInvalid):
         raise
@@ -165,10 +227,23 @@ def _read(der: bytes) -> _SignerInfo:
         raise SignatureMalformed("signature is not a valid DER CMS structure") from exc
 
 
-def _read_pss(params) -> _Pss:
+@functools.lru_cache(maxsize=4096)
+def _certificate_ders(certificate_set: bytes) -> tuple[bytes, ...]:
+    """The certificates in a SignedData's certificates field ([0] IMPLICIT tag included). A device
+    sends the same ones with every request: they are split out once per distinct encoding
+    (a pure function of the bytes; failures raise and are not cached)."""
+    # The "certificate" choice is untagged: its encoding is the certificate's DER.
+    return tuple(choice.dump() for choice in cms.CertificateSet.load(certificate_set, implicit=0, strict=True)
+                 if choice.name == "certificate")
+
+
+@functools.lru_cache(maxsize=64)
+def _read_pss(encoded: bytes) -> _Pss:
+    """The RSASSA-PSS parameters' DER (b"" when absent). A signer sends the same few encodings every
+    time and asn1crypto's default handling here costs more than the whole rest of the walk, so
+    they are read once per distinct encoding (failures raise and are not cached)."""
     # RFC 4055: absent parameters mean SHA-1, MGF1 with SHA-1, salt 20, trailer 1.
-    if isinstance(params, core.Void):
-        params = algos.RSASSAPSSParams()
+    params = algos.RSASSAPSSParams.load(encoded, strict=True) if encoded else algos.RSASSAPSSParams()
     mgf = params["mask_gen_algorithm"]
     return _Pss(
         hash_name=params["hash_algorithm"]["algorithm"].native,
@@ -228,7 +303,7 @@ def _check_signed_attributes(signer: _SignerInfo, body: bytes) -> None:
     # RFC 5652 11.1 / 11.2: each must appear exactly once, with exactly one value.
     if len(signer.content_types) != 1 or len(signer.content_types[0]) != 1:
         raise SignatureMalformed("signed attributes need exactly one content-type")
-    if signer.content_types[0][0] != "data":
+    if signer.content_types[0][0] != _DATA:
         raise SignatureMalformed("signed content-type attribute is not id-data")
     if len(signer.message_digests) != 1 or len(signer.message_digests[0]) != 1:
         raise SignatureMalformed("signed attributes need exactly one message-digest")

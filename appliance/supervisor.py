@@ -27,7 +27,7 @@ from appliance.push.scheduler import run_push
 from appliance.runtime import Runtime
 from appliance.service.enrollment import warn_on_changed_urls
 from appliance.store.db import run_store
-from appliance.store.stats import enrollment_counts
+from appliance.store.fleet import device_counts
 from appliance.systemd import Notifier, run_watchdog, watchdog_interval
 from appliance.web import tls_peer
 from appliance.web.app import ALL_ROLES, create_app
@@ -107,11 +107,12 @@ def _runtime(config: Config, prepared: Prepared, store) -> Runtime:
 
 
 async def devices_health(runtime: Runtime) -> tuple[str, dict, str]:
-    return "devices", await runtime.store.read(enrollment_counts), "ok"
+    counts = await runtime.store.read(device_counts)
+    return "devices", {"devices": counts["known"], "active": counts["active"]}, "ok"
 
 
 async def devices_phrase(runtime: Runtime) -> str:
-    counts = await runtime.store.read(enrollment_counts)
+    counts = await runtime.store.read(device_counts)
     return f"{counts['active']} devices enrolled"
 
 

@@ -188,12 +188,17 @@ def pushability(conn: sqlite3.Connection, enrollment_ids: list[str]) -> dict[str
     return reasons
 
 
-def snapshot(conn: sqlite3.Connection) -> dict:
-    """The fleet figures for /metrics, read in one go at scrape time."""
-    devices = conn.execute(
+def device_counts(conn: sqlite3.Connection) -> sqlite3.Row:
+    """Devices seen (known), that sent a TokenUpdate (enrolled), and active now; for /metrics, /healthz, STATUS=."""
+    return conn.execute(
         "SELECT count(*) AS known, coalesce(sum(e.token_update_count > 0), 0) AS enrolled,"
         " coalesce(sum(e.active), 0) AS active FROM devices d LEFT JOIN enrollments e ON e.id = d.id"
     ).fetchone()
+
+
+def snapshot(conn: sqlite3.Connection) -> dict:
+    """The fleet figures for /metrics, read in one go at scrape time."""
+    devices = device_counts(conn)
     queue = conn.execute(
         "SELECT count(*) AS depth, min(created_at) AS oldest FROM queue WHERE cancelled_at IS NULL").fetchone()
     return {

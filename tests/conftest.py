@@ -3,14 +3,14 @@ from __future__ import annotations
 import pytest
 
 from appliance.logs import setup_logging
-from tests.harness import make_config, start_server
+from tests.support.harness import make_config, start_server
 
 setup_logging("debug")
 
 
 @pytest.fixture
 def config_path(tmp_path):
-    """A test config; tests wanting other settings call tests.harness.make_config themselves."""
+    """A test config; tests wanting other settings call tests.support.harness.make_config themselves."""
     return make_config(tmp_path)
 
 

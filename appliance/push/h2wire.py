@@ -6,7 +6,7 @@ ours (~3 µs: only `:path` changes between pushes, the rest is cached bytes) is 
 client's whole CPU per push. Responses are decoded by hpack's own decoder: a cache of decoded
 strings measured no difference (APNs answers carry a unique apns-id and little else).
 These parts lean on h2 internals: h2 is pinned to its minor version in pyproject.toml, and
-tests/test_h2wire.py runs our connection against h2's server side (hpack's decoder) to catch a change.
+tests/unit/test_h2wire.py runs our connection against h2's server side (hpack's decoder) to catch a change.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""GET /v1/openapi.json: the OpenAPI 3.0 description of the admin API (tests/test_openapi.py checks the
+"""GET /v1/openapi.json: the OpenAPI 3.0 description of the admin API (tests/unit/test_openapi.py checks the
 implementation against it with schemathesis). Served without the key: it describes, it reveals nothing."""
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ request on it carries
     }
 
 It relies on hypercorn internals (hypercorn.trio.run.TCPServer, TCPServer.run/stream/app,
-the app-wrapper call signature), hence the pin to 0.18.x and tests/test_tls_peer.py, which
+the app-wrapper call signature), hence the pin to 0.18.x and tests/server/test_tls_peer.py, which
 fails when an upgrade breaks the hook.
 """
 

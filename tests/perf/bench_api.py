@@ -5,7 +5,7 @@
 Prints: enqueue of one command to N ids (raw PUT with the ids in the path without and with pushes, and
 JSON POST), median of 5 (pushes: handed to the push scheduler, which works on them concurrently; with no
 push certificate here it fails each one and records that); enqueue to 1 and 1,000 ids whose pushes the
-answer waits for (apns-id per id), against the APNs stand-in (tests/apns_standin.py, HTTP/2 + TLS);
+answer waits for (apns-id per id), against the APNs stand-in (tests/support/apns_standin.py, HTTP/2 + TLS);
 walking all devices in pages of 1000; webhook delivery rate from the outbox to a local receiver.
 Client and server share the cores, so figures are conservative.
 """
@@ -28,11 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from appliance.logs import setup_logging  # noqa: E402
 from appliance.store import outbox  # noqa: E402
 from appliance.webhook.events import acknowledge_event  # noqa: E402
-from tests.apns_certs import make_ca, make_push_cert, make_server  # noqa: E402
-from tests.apns_standin import StandIn  # noqa: E402
-from tests.fleet_seed import command_plist, seed_devices  # noqa: E402
-from tests.harness import API_KEY, free_port, make_config, start_server  # noqa: E402
-from tests.webhook_receiver import Receiver, Running  # noqa: E402
+from tests.support.apns_certs import make_ca, make_push_cert, make_server  # noqa: E402
+from tests.support.apns_standin import StandIn  # noqa: E402
+from tests.support.fleet_seed import command_plist, seed_devices  # noqa: E402
+from tests.support.harness import API_KEY, free_port, make_config, start_server  # noqa: E402
+from tests.support.webhook_receiver import Receiver, Running  # noqa: E402
 
 
 def _request(server, method: str, path: str, body: bytes, content_type: str) -> tuple[int, bytes, float]:

@@ -26,7 +26,7 @@ import trio
 
 from appliance.push.apns import APNsClient
 from appliance.push.pushcert import load_pem
-from tests.apns_certs import make_ca, make_push_cert, make_server
+from tests.support.apns_certs import make_ca, make_push_cert, make_server
 
 HERE = Path(__file__).resolve().parent
 
@@ -90,7 +90,7 @@ def start_server(kind: str, d: Path) -> tuple[subprocess.Popen, int]:
         return proc, port
     port_file = d / "port"
     proc = subprocess.Popen(
-        [sys.executable, str(HERE.parent / "apns_standin.py"), "--cert", str(d / "server.pem"),
+        [sys.executable, str(HERE.parent / "support" / "apns_standin.py"), "--cert", str(d / "server.pem"),
          "--key", str(d / "server.key"), "--client-ca", str(d / "push-ca.pem"),
          "--port-file", str(port_file)],
         env={**os.environ, "PYTHONPATH": str(HERE.parents[1])})

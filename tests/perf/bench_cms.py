@@ -2,7 +2,7 @@
 
     PYTHONPATH=. /work/venv/bin/python tests/perf/bench_cms.py [--seconds 2]
 
-Vectors come from `openssl cms -sign` (tests/identity_pki.py); a ~1 KiB plist body like an Idle report.
+Vectors come from `openssl cms -sign` (tests/support/identity_pki.py); a ~1 KiB plist body like an Idle report.
 Prints CPU microseconds per call (median of 5 runs) for each case.
 """
 
@@ -16,7 +16,7 @@ import time
 
 from appliance.identity.cms import verify_detached_signature
 from appliance.identity.trust import TrustAnchors
-from tests.identity_pki import builder_sign, issue, make_ca, openssl_sign
+from tests.support.identity_pki import builder_sign, issue, make_ca, openssl_sign
 
 BODY = b"<plist><dict><key>Status</key><string>Idle</string><key>UDID</key><string>" + b"0" * 900 + b"</string></dict></plist>"
 

@@ -32,9 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from appliance.config import load_config  # noqa: E402
 from appliance.store import queue  # noqa: E402
 from appliance.store.db import connect_sync  # noqa: E402
-from tests.device_sim import DeviceSim, TestCA, client_context  # noqa: E402
-from tests.harness import API_KEY, free_port, make_config  # noqa: E402
-from tests.mdm_support import ServerProcess, command_body  # noqa: E402
+from tests.support.device_sim import DeviceSim, TestCA, client_context  # noqa: E402
+from tests.support.harness import API_KEY, free_port, make_config  # noqa: E402
+from tests.support.mdm_support import ServerProcess, command_body  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 

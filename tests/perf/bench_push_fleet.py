@@ -27,9 +27,9 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from appliance.logs import setup_logging  # noqa: E402
-from tests.apns_certs import make_ca, make_push_cert, make_server  # noqa: E402
-from tests.apns_standin import StandIn  # noqa: E402
-from tests.harness import API_KEY, make_config, start_server  # noqa: E402
+from tests.support.apns_certs import make_ca, make_push_cert, make_server  # noqa: E402
+from tests.support.apns_standin import StandIn  # noqa: E402
+from tests.support.harness import API_KEY, make_config, start_server  # noqa: E402
 from tests.perf.bench_apns import start_server as start_apns  # noqa: E402
 
 T0 = "2026-01-01T00:00:00.000000Z"

@@ -1,7 +1,7 @@
 """Benchmark: SCEP enrollments (PKCSReq -> issued certificate) per second, and their latency.
 
 The appliance runs in its own process (`mdm-appliance serve`, TLS, a real SQLite file); the requests
-are built beforehand by the independent test client (tests/scep_client.py, openssl envelopes) so
+are built beforehand by the independent test client (tests/support/scep_client.py, openssl envelopes) so
 only the server's work is timed: parse + verify, decrypt, challenge check, issue, record (group-
 committed), CertRep sign + encrypt. With --peer, the same requests also go to micromdm's
 `scepserver` (Debian package `scep`; plain HTTP, a 2048-bit CA like ours) for comparison.
@@ -28,8 +28,8 @@ import httpx
 import trio
 from cryptography import x509
 
-from tests import scep_client as client
-from tests.harness import free_port, make_config
+from tests.support import scep_client as client
+from tests.support.harness import free_port, make_config
 
 
 def _wait_port(port: int, timeout: float = 30) -> None:

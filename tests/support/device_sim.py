@@ -1,0 +1,337 @@
+"""A simulated Apple device, built without any appliance code: plistlib for messages, cryptography's
+PKCS7SignatureBuilder for Mdm-Signature (detached, DER), h11 over a trio TLS stream for HTTP/1.1.
+
+    from tests.support.device_sim import DeviceSim, TestCA
+
+    ca = TestCA("Test Device CA")                       # write ca.pem_path into [identity] trusted_ca_files
+    cert, key = ca.issue("DEVICE-UDID-1")               # or a certificate the appliance CA issued via SCEP
+    ctx = server.ssl_context()                          # trusts the server's TLS certificate
+    async with DeviceSim(server.base_url, ctx, cert, key, "DEVICE-UDID-1") as device:
+        await device.enroll()                           # Authenticate + TokenUpdate, each must answer 200
+        reply = await device.idle()                     # Reply(status, body, headers)
+        while reply.command is not None:                # the command plist as a dict
+            reply = await device.acknowledge(reply.command_uuid)
+
+Every request carries Mdm-Signature unless sign=False (then give an ssl_context that holds the
+device certificate as TLS client certificate, see client_context()). One keep-alive connection per
+DeviceSim, opened lazily and reopened after the server closes it. `device.user("UserGUID")` speaks on a
+user channel of the same device. `device.send(path, body, content_type=..., headers=...)` sends
+anything (for bad-input tests). Nothing here raises on a 4xx: tests look at Reply.status.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import plistlib
+import ssl
+import tempfile
+import uuid as uuidlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import h11
+import trio
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import pkcs7
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+CHECKIN_TYPE = "application/x-apple-aspen-mdm-checkin"
+CONNECT_TYPE = "application/x-apple-aspen-mdm; charset=UTF-8"
+DEFAULT_TOPIC = "com.apple.mgmt.External.00000000-0000-0000-0000-000000000000"
+
+
+# --- test PKI ----------------------------------------------------------------------------------------
+
+class TestCA:
+    """A CA of our own making for device identities; .pem_path is a file for [identity] trusted_ca_files."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, name: str = "Device Sim Test CA", directory: Path | None = None, key_type: str = "rsa"):
+        self.key = _new_key(key_type)
+        now = dt.datetime.now(dt.timezone.utc)
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        self.cert = (
+            x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+            .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=3650))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(self.key.public_key()), critical=False)
+            .sign(self.key, hashes.SHA256())
+        )
+        directory = Path(directory or tempfile.mkdtemp(prefix="device-sim-ca-"))
+        self.pem_path = directory / "device-ca.pem"
+        self.pem_path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
+
+    def issue(self, common_name: str, *, key_type: str = "rsa", days: float = 365,
+              not_before: dt.datetime | None = None) -> tuple[x509.Certificate, Any]:
+        """A device identity (certificate, private key), client-auth, signed by this CA."""
+        key = _new_key(key_type)
+        start = not_before or dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+            .issuer_name(self.cert.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(start).not_valid_after(start + dt.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False)
+            .sign(self.key, hashes.SHA256())
+        )
+        return cert, key
+
+
+def _new_key(key_type: str):
+    if key_type == "ec":
+        return ec.generate_private_key(ec.SECP256R1())
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def client_context(ca_file: Path | str, cert: x509.Certificate | None = None, key: Any = None) -> ssl.SSLContext:
+    """A TLS context trusting ca_file, optionally presenting (cert, key) as TLS client certificate."""
+    context = ssl.create_default_context(cafile=str(ca_file))
+    if cert is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            cert_path, key_path = Path(tmp, "c.pem"), Path(tmp, "k.pem")
+            cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+            key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                   serialization.NoEncryption()))
+            context.load_cert_chain(cert_path, key_path)
+    return context
+
+
+def mdm_signature(body: bytes, cert: x509.Certificate, key: Any, hash_algorithm=None) -> str:
+    """The Mdm-Signature header value: base64 of a detached DER CMS SignedData over the exact body."""
+    signed = (
+        pkcs7.PKCS7SignatureBuilder().set_data(body)
+        .add_signer(cert, key, hash_algorithm or hashes.SHA256())
+        .sign(serialization.Encoding.DER, [pkcs7.PKCS7Options.DetachedSignature, pkcs7.PKCS7Options.Binary])
+    )
+    return base64.b64encode(signed).decode("ascii")
+
+
+# --- HTTP --------------------------------------------------------------------------------------------
+
+@dataclass
+class Reply:
+    status: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def content_type(self) -> str | None:
+        return self.headers.get("content-type")
+
+    @property
+    def plist(self) -> Any:
+        return plistlib.loads(self.body) if self.body else None
+
+    @property
+    def command(self) -> dict | None:
+        """The command dict when the answer is a command, else None (an empty 200 ends the session)."""
+        if self.status != 200 or not self.body:
+            return None
+        return self.plist
+
+    @property
+    def command_uuid(self) -> str | None:
+        command = self.command
+        return command["CommandUUID"] if command else None
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+
+class Connection:
+    """One HTTP/1.1 keep-alive connection over TLS (h11 + trio), TCP_NODELAY (trio sets it)."""
+
+    def __init__(self, base_url: str, ssl_context: ssl.SSLContext) -> None:
+        parts = urlsplit(base_url)
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or 443
+        self.ssl_context = ssl_context
+        self.stream: trio.SSLStream | None = None
+        self.h11: h11.Connection | None = None
+
+    async def _open(self) -> None:
+        self.stream = await trio.open_ssl_over_tcp_stream(
+            self.host, self.port, ssl_context=self.ssl_context, https_compatible=True)
+        self.h11 = h11.Connection(h11.CLIENT)
+
+    async def close(self) -> None:
+        if self.stream is not None:
+            stream, self.stream = self.stream, None
+            with trio.move_on_after(2):
+                await stream.aclose()
+
+    async def request(self, method: str, target: str, headers: list[tuple[str, str]], body: bytes,
+                      timeout: float = 30) -> Reply:
+        with trio.fail_after(timeout):
+            for attempt in (1, 2):
+                reused = self.stream is not None
+                if not reused:
+                    await self._open()
+                try:
+                    return await self._exchange(method, target, headers, body)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, h11.RemoteProtocolError,
+                        ConnectionError, _ClosedEarly):
+                    await self.close()
+                    if not reused or attempt == 2:
+                        raise
+            raise AssertionError("unreachable")
+
+    async def _exchange(self, method: str, target: str, headers: list[tuple[str, str]], body: bytes) -> Reply:
+        conn = self.h11
+        all_headers = [("Host", f"{self.host}:{self.port}"), *headers]
+        if not any(name.lower() in ("content-length", "transfer-encoding") for name, _ in headers):
+            all_headers.append(("Content-Length", str(len(body))))
+        out = conn.send(h11.Request(method=method, target=target, headers=all_headers))
+        if body:
+            out += conn.send(h11.Data(data=body))
+        out += conn.send(h11.EndOfMessage())
+        await self.stream.send_all(out)
+        status, reply_headers, chunks = 0, {}, []
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                data = await self.stream.receive_some(65536)
+                if not data and status == 0:
+                    raise _ClosedEarly()
+                conn.receive_data(data)
+                continue
+            if isinstance(event, h11.Response):
+                status = event.status_code
+                reply_headers = {k.decode().lower(): v.decode("latin-1") for k, v in event.headers}
+            elif isinstance(event, h11.Data):
+                chunks.append(bytes(event.data))
+            elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+                break
+        if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
+            await self.close()
+        else:
+            conn.start_next_cycle()
+        return Reply(status, b"".join(chunks), reply_headers)
+
+
+class _ClosedEarly(ConnectionError):
+    """The server closed the connection before answering."""
+
+
+# --- the device ----------------------------------------------------------------------------------------
+
+class DeviceSim:
+    """A device (UDID, identity certificate and key) speaking the MDM protocol to base_url."""
+
+    def __init__(self, base_url: str, ssl_context: ssl.SSLContext, cert: x509.Certificate, key: Any,
+                 udid: str, *, sign: bool = True, serial_number: str | None = None, topic: str = DEFAULT_TOPIC,
+                 checkin_path: str = "/mdm/checkin", connect_path: str = "/mdm/connect",
+                 connection: Connection | None = None) -> None:
+        self.base_url = base_url
+        self.cert, self.key, self.udid = cert, key, udid
+        self.sign = sign
+        self.serial_number = serial_number or ("SIM" + udid.replace("-", "")[:9].upper())
+        self.topic = topic
+        self.checkin_path, self.connect_path = checkin_path, connect_path
+        self.connection = connection or Connection(base_url, ssl_context)
+        self.push_token = uuidlib.uuid4().bytes + uuidlib.uuid4().bytes
+        self.push_magic = str(uuidlib.uuid4()).upper()
+        self.channel: dict[str, Any] = {"UDID": udid}
+
+    async def __aenter__(self) -> DeviceSim:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self.connection.close()
+
+    def user(self, user_id: str, short_name: str | None = None, long_name: str | None = None) -> DeviceSim:
+        """The same device speaking on a user channel (shares this device's connection and identity)."""
+        other = DeviceSim(self.base_url, None, self.cert, self.key, self.udid, sign=self.sign,  # type: ignore[arg-type]
+                          serial_number=self.serial_number, topic=self.topic, checkin_path=self.checkin_path,
+                          connect_path=self.connect_path, connection=self.connection)
+        other.channel = {"UDID": self.udid, "UserID": user_id}
+        if short_name is not None:
+            other.channel["UserShortName"] = short_name
+        if long_name is not None:
+            other.channel["UserLongName"] = long_name
+        return other
+
+    # raw ------------------------------------------------------------------------------------------------
+
+    async def send(self, path: str, body: bytes, *, content_type: str | None = CONNECT_TYPE,
+                   headers: list[tuple[str, str]] | None = None, sign: bool | None = None,
+                   method: str = "PUT") -> Reply:
+        all_headers = list(headers or [])
+        if content_type is not None:
+            all_headers.append(("Content-Type", content_type))
+        if self.sign if sign is None else sign:
+            all_headers.append(("Mdm-Signature", mdm_signature(body, self.cert, self.key)))
+        return await self.connection.request(method, path, all_headers, body)
+
+    async def checkin(self, message_type: str, **keys: Any) -> Reply:
+        message = {"MessageType": message_type, **self.channel, **keys}
+        return await self.send(self.checkin_path, plistlib.dumps(message), content_type=CHECKIN_TYPE)
+
+    async def report(self, status: str, command_uuid: str | None = None, **keys: Any) -> Reply:
+        message: dict[str, Any] = {"Status": status, **self.channel}
+        if command_uuid is not None:
+            message["CommandUUID"] = command_uuid
+        message.update(keys)
+        return await self.send(self.connect_path, plistlib.dumps(message))
+
+    # check-ins ------------------------------------------------------------------------------------------
+
+    async def authenticate(self, **keys: Any) -> Reply:
+        facts = {"Topic": self.topic, "SerialNumber": self.serial_number, "Model": "MacBookPro18,3",
+                 "ModelName": "MacBook Pro", "ProductName": "MacBookPro18,3", "OSVersion": "14.4",
+                 "BuildVersion": "23E214", "DeviceName": f"Sim {self.udid[:8]}"}
+        facts.update(keys)
+        return await self.checkin("Authenticate", **facts)
+
+    async def token_update(self, **keys: Any) -> Reply:
+        fields = {"Token": self.push_token, "PushMagic": self.push_magic, "Topic": self.topic}
+        fields.update(keys)
+        return await self.checkin("TokenUpdate", **fields)
+
+    async def enroll(self) -> None:
+        for reply in (await self.authenticate(), await self.token_update()):
+            if reply.status != 200:
+                raise AssertionError(f"enrollment of {self.udid} refused: {reply.status} {reply.text}")
+
+    async def check_out(self) -> Reply:
+        return await self.checkin("CheckOut")
+
+    async def set_bootstrap_token(self, token: bytes | None) -> Reply:
+        return await self.checkin("SetBootstrapToken", **({"BootstrapToken": token} if token is not None else {}))
+
+    async def get_bootstrap_token(self) -> Reply:
+        return await self.checkin("GetBootstrapToken")
+
+    # command endpoint -----------------------------------------------------------------------------------
+
+    async def idle(self) -> Reply:
+        return await self.report("Idle")
+
+    async def acknowledge(self, command_uuid: str, **result: Any) -> Reply:
+        return await self.report("Acknowledged", command_uuid, **result)
+
+    async def error(self, command_uuid: str, chain: list[dict] | None = None) -> Reply:
+        chain = chain or [{"ErrorCode": 12021, "ErrorDomain": "MCMDMErrorDomain",
+                           "LocalizedDescription": "Simulated failure", "USEnglishDescription": "Simulated failure"}]
+        return await self.report("Error", command_uuid, ErrorChain=chain)
+
+    async def command_format_error(self, command_uuid: str) -> Reply:
+        return await self.report("CommandFormatError", command_uuid)
+
+    async def not_now(self, command_uuid: str) -> Reply:
+        return await self.report("NotNow", command_uuid)

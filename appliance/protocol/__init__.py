@@ -1,2 +1,3 @@
 """Sans-I/O MDM protocol: the one plist codec, check-in and report messages, enrollment IDs, the answers and
-queue rules, command parsing, the enrollment profile. Imports nothing else of the appliance: no sockets, no database."""
+queue rules, the one command validator, the command catalog and readable results, the enrollment profile.
+Imports nothing else of the appliance: no sockets, no database."""

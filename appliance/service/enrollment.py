@@ -37,6 +37,7 @@ from appliance.protocol.profile import (
     encode_profile,
     enrolled_urls,
 )
+from appliance.service import certauth
 from appliance.store import scep as scep_store
 from appliance.store.timefmt import now as utc_now, to_text
 
@@ -63,10 +64,17 @@ async def mint_challenge(runtime) -> tuple[str, datetime]:
     return challenge, expires
 
 
-def mint_challenge_sync(conn: sqlite3.Connection, config: Config) -> tuple[str, datetime]:
+def mint_challenge_sync(conn: sqlite3.Connection, config: Config, *,
+                        renewal_of: str | None = None) -> tuple[str, datetime]:
+    """renewal_of: a device id. The challenge then renews that device's bound identity: sent to the device
+    over its authenticated channel, the certificate issued against it is the binding's proven successor and
+    keeps the device's queue and bootstrap token (service/certauth.py). ValueError if nothing is bound."""
+    renews = certauth.renewal_of(conn, renewal_of) if renewal_of is not None else None
     challenge, now = new_challenge(), utc_now()
     expires = _expiry(config, now)
-    scep_store.add_challenge(conn, challenge, now, expires)
+    scep_store.add_challenge(conn, challenge, now, expires, renews)
+    if renews is not None:
+        log.info("renewal_challenge_minted", device_id=renewal_of, expires_at=to_text(expires))
     return challenge, expires
 
 

@@ -1,9 +1,10 @@
 """What a check-in and a command report do, read top to bottom as the protocol.
 
 Each device request is one short write transaction (runtime.store.write, group-committed): the
-certificate binding check, the state change, the webhook outbox row and the pick of the next command
-commit together, and the caller answers the device only after that commit. A refusal raised inside
-(CertificateNotBound, MessageError) rolls the request's savepoint back: nothing changes.
+certificate binding step around the core (service/certauth.py: admit, clear at a re-enrollment, bind),
+the state change, the webhook outbox row and the pick of the next command commit together, and the caller
+answers the device only after that commit. A refusal raised inside (CertificateNotBound, MessageError)
+rolls the request's savepoint back: nothing changes.
 
 Nothing here pushes: a report or an Idle never needs a push (a NotNow must not cause one); enqueuing
 does, and that is the admin API's call to runtime.push.
@@ -29,7 +30,7 @@ from appliance.protocol.messages import (
     TokenUpdate,
     UserAuthenticate,
 )
-from appliance.service.certauth import Presented, bind_at_authenticate, record_binding, require_bound
+from appliance.service.certauth import Presented, binding_step
 from appliance.store import enrollments, outbox, queue
 from appliance.webhook.events import acknowledge_event, checkin_event
 
@@ -39,7 +40,7 @@ log = get_logger("mdm")
 async def checkin(runtime, message: CheckIn, certificate: Presented, url_params: dict | None = None) -> Answer:
     """Handle a check-in message from a device whose certificate is trusted (not yet known to be bound)."""
     options = _Options(runtime, url_params)
-    answer = await runtime.store.write(_checkin, message, certificate, options)
+    answer = await runtime.store.write(_CHECKIN, message, certificate, options)
     runtime.metrics.mdm_checkins.labels(message.message_type, str(answer.status)).inc()
     _wake_webhooks(runtime, options)
     return answer
@@ -48,7 +49,7 @@ async def checkin(runtime, message: CheckIn, certificate: Presented, url_params:
 async def report(runtime, message: Report, certificate: Presented, url_params: dict | None = None) -> Answer:
     """Handle a report on the command endpoint; answers with the next command or an empty body."""
     options = _Options(runtime, url_params)
-    answer, outcome = await runtime.store.write(_report, message, certificate, options)
+    answer, outcome = await runtime.store.write(_REPORT, message, certificate, options)
     runtime.metrics.mdm_reports.labels(message.status, outcome).inc()
     _wake_webhooks(runtime, options)
     if answer.command_uuid is not None:
@@ -75,45 +76,40 @@ class _Options:
 
 # --- on the db thread, inside one transaction -----------------------------------------------------
 
-def _checkin(conn: sqlite3.Connection, message: CheckIn, cert: Presented, options: _Options) -> Answer:
+def _checkin(conn: sqlite3.Connection, message: CheckIn, options: _Options) -> Answer:
     enrollment = message.enrollment
     tally = None
     if isinstance(message, Authenticate):
         if enrollment.is_user_channel:
             raise MessageError("Authenticate is sent on the device channel only (no UserID)")
-        rebinding = bind_at_authenticate(conn, enrollment, cert)
         enrollments.authenticate(conn, message)
-        if rebinding:
-            record_binding(conn, enrollment, cert)
         log.info("authenticated", enrollment_id=enrollment.id, serial_number=message.serial_number)
         answer = EMPTY
-    else:
-        require_bound(conn, enrollment, cert)
-        if isinstance(message, TokenUpdate):
-            tally = enrollments.token_update(conn, message)
-            if tally == 1:
-                log.info("enrolled", enrollment_id=enrollment.id, type=enrollment.type)
-            answer = EMPTY
-        elif isinstance(message, CheckOut):
-            enrollments.check_out(conn, enrollment)
-            log.info("checked_out", enrollment_id=enrollment.id)
-            answer = EMPTY
-        elif isinstance(message, UserAuthenticate):
-            answer = _user_authenticate(message, options)
-        elif isinstance(message, SetBootstrapToken):
-            enrollments.set_bootstrap_token(conn, enrollment.device_id, message.bootstrap_token)
-            answer = EMPTY
-        elif isinstance(message, GetBootstrapToken):
-            token = enrollments.bootstrap_token(conn, enrollment.device_id)
-            answer = answers.plist_answer({"BootstrapToken": token}) if token else EMPTY
-        elif isinstance(message, GetToken):
-            answer = answers.token_service_not_offered(message.token_service_type)
-        elif isinstance(message, DeclarativeManagement):
-            answer = answers.not_offered(message.message_type)
-        else:  # decode_checkin only makes the types above
-            raise MessageError(f"unknown MessageType {message.message_type}")
-        if not isinstance(message, TokenUpdate):
-            enrollments.touch(conn, enrollment.id)
+    elif isinstance(message, TokenUpdate):
+        tally = enrollments.token_update(conn, message)
+        if tally == 1:
+            log.info("enrolled", enrollment_id=enrollment.id, type=enrollment.type)
+        answer = EMPTY
+    elif isinstance(message, CheckOut):
+        enrollments.check_out(conn, enrollment)
+        log.info("checked_out", enrollment_id=enrollment.id)
+        answer = EMPTY
+    elif isinstance(message, UserAuthenticate):
+        answer = _user_authenticate(message, options)
+    elif isinstance(message, SetBootstrapToken):
+        enrollments.set_bootstrap_token(conn, enrollment.device_id, message.bootstrap_token)
+        answer = EMPTY
+    elif isinstance(message, GetBootstrapToken):
+        token = enrollments.bootstrap_token(conn, enrollment.device_id)
+        answer = answers.plist_answer({"BootstrapToken": token}) if token else EMPTY
+    elif isinstance(message, GetToken):
+        answer = answers.token_service_not_offered(message.token_service_type)
+    elif isinstance(message, DeclarativeManagement):
+        answer = answers.not_offered(message.message_type)
+    else:  # decode_checkin only makes the types above
+        raise MessageError(f"unknown MessageType {message.message_type}")
+    if not isinstance(message, (Authenticate, TokenUpdate)):  # those two set last_seen_at themselves
+        enrollments.touch(conn, enrollment.id)
     if options.webhook:
         _checkin_event(conn, message, options, tally)
     return answer
@@ -126,9 +122,8 @@ def _user_authenticate(message: UserAuthenticate, options: _Options) -> Answer:
     return answers.DIGEST_CHALLENGE if message.digest_response is None else EMPTY
 
 
-def _report(conn: sqlite3.Connection, message: Report, cert: Presented, options: _Options) -> tuple[Answer, str]:
+def _report(conn: sqlite3.Connection, message: Report, options: _Options) -> tuple[Answer, str]:
     enrollment = message.enrollment
-    require_bound(conn, enrollment, cert)
     plan = answers.plan(message)
     if plan.starts_session:
         queue.start_session(conn, enrollment.id)
@@ -150,6 +145,11 @@ def _report(conn: sqlite3.Connection, message: Report, cert: Presented, options:
     if following is None:
         return EMPTY, outcome
     return answers.command(*following), outcome
+
+
+# Each core runs inside the certificate binding step: it is only reached with an admitted certificate.
+_CHECKIN = binding_step(_checkin)
+_REPORT = binding_step(_report)
 
 
 def _checkin_event(conn, message: CheckIn, options: _Options, tally: int | None) -> None:

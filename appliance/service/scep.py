@@ -1,8 +1,10 @@
 """What a SCEP PKIOperation does: check the request and its challenge, issue once per transaction.
 
-Composed from identity.scep (messages), identity.ca (issuing) and store.scep (records). Every
-outcome is an HTTP answer: a CertRep (SUCCESS or FAILURE) when the request named a transaction,
-a 400 with a reason when it was not a SCEP message at all. Nothing here raises to the web layer.
+Composed from identity.scep (messages), identity.ca (issuing) and store.scep (records); a certificate
+issued for a request that proved a device's bound identity is noted as that device's successor
+(service/certauth.py). Every outcome is an HTTP answer: a CertRep (SUCCESS or FAILURE) when the
+request named a transaction, a 400 with a reason when it was not a SCEP message at all. Nothing here
+raises to the web layer.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from appliance.identity import scep
 from appliance.identity.scep import FailInfo, MessageType, PkiMessage, ScepError
 from appliance.logs import get_logger
+from appliance.service import certauth
 from appliance.store import scep as scep_store
 from appliance.store.timefmt import now as utc_now, to_text
 
@@ -94,10 +97,11 @@ async def _enroll(runtime, request: PkiMessage, client: str | None) -> ScepAnswe
         return _replay(runtime, request, recorded, csr_sha256)
 
     now = utc_now()
+    renewal_signer = _renewal_signer(request, now)
     # Which challenge this request spends: None when it needs none (static challenge or a
     # renewal signed by our identity). A one-time challenge is checked here (a read, so a
     # wrong one costs no issuing) and spent atomically with the record below.
-    authorized, one_time = await _authorization(runtime, request, csr, now, client)
+    authorized, one_time = await _authorization(runtime, request, csr, now, client, renewal_signer)
     if not authorized:
         limited = runtime.scep_guesses.blocked(client)
         return _wrong_challenge(runtime, request, client, "too many wrong challenges from this address"
@@ -116,7 +120,7 @@ async def _enroll(runtime, request: PkiMessage, client: str | None) -> ScepAnswe
         certificate=certificate.public_bytes(Encoding.DER),
         issued_at=to_text(now),
     )
-    outcome, recorded = await runtime.store.write(scep_store.record_enrollment, issued, one_time, now)
+    outcome, recorded = await runtime.store.write(_record_issued, issued, one_time, now, renewal_signer)
     if outcome == scep_store.REPLAYED:  # a copy of this request got there first
         return _replay(runtime, request, recorded, csr_sha256)
     if outcome == scep_store.CHALLENGE_SPENT:
@@ -126,6 +130,30 @@ async def _enroll(runtime, request: PkiMessage, client: str | None) -> ScepAnswe
     log.info("scep_issued", transaction_id=request.transaction_id, serial=issued.serial,
              subject=issued.subject, not_after=issued.not_after)
     return _success(runtime, request, certificate)
+
+
+def _renewal_signer(request: PkiMessage, now) -> str | None:
+    """The SHA-256 of a RenewalReq's signer while it is valid: the identity the request proves it holds
+    (parse_pki_message verified the signature)."""
+    if request.message_type != MessageType.RENEWAL_REQ:
+        return None
+    signer = request.signer_certificate
+    if not (signer.not_valid_before_utc <= now <= signer.not_valid_after_utc):
+        return None
+    return certauth.fingerprint(signer)
+
+
+def _record_issued(conn, issued: scep_store.IssuedCertificate, one_time: str | None, now,
+                   renewal_signer: str | None) -> tuple[str, scep_store.IssuedCertificate | None]:
+    """One transaction: the certificate recorded and its one-time challenge spent, and, when the request
+    proved a device's bound identity (signed by it, or a challenge tied to it), the certificate noted as
+    that device's successor."""
+    outcome, recorded = scep_store.record_enrollment(conn, issued, one_time, now)
+    if outcome == scep_store.ISSUED:
+        renews = scep_store.challenge_renews(conn, one_time) if one_time is not None else None
+        certauth.note_successor(conn, hashlib.sha256(issued.certificate).hexdigest(),
+                                signed_by=renewal_signer, renews=renews)
+    return outcome, recorded
 
 
 def _replay(runtime, request: PkiMessage, recorded: scep_store.IssuedCertificate,
@@ -147,13 +175,15 @@ def _wrong_challenge(runtime, request: PkiMessage, client: str | None, reason: s
 
 
 async def _authorization(runtime, request: PkiMessage, csr: scep.CertificationRequest,
-                         now, client: str | None) -> tuple[bool, str | None]:
+                         now, client: str | None, renewal_signer: str | None) -> tuple[bool, str | None]:
     """(authorized, one-time challenge to spend)."""
-    if (request.message_type == MessageType.RENEWAL_REQ
+    if (renewal_signer is not None
             and scep.renewal_signer_is_ours(request, runtime.ca.certificate, now)
-            and csr.csr.subject == request.signer_certificate.subject):
+            and csr.csr.subject == request.signer_certificate.subject
+            and not await runtime.store.read(certauth.was_replaced, renewal_signer)):
         # Signed by a valid identity we issued, for the same subject: no challenge needed
-        # (RFC 8894 2.4). Another subject would let one device mint identities for others.
+        # (RFC 8894 2.4). Another subject would let one device mint identities for others; an
+        # identity a device's binding moved away from is refused everywhere.
         return True, None
     if runtime.scep_guesses.blocked(client):
         # Refused like a wrong challenge, whatever it is: the answer must not confirm a hit.

@@ -156,4 +156,16 @@ MIGRATIONS = [
     );
     CREATE INDEX stray_reports_enrollment ON stray_reports (enrollment_id, id);
     """,
+    """
+    -- Certificates issued as proven renewals of a device's bound certificate (a SCEP RenewalReq signed by
+    -- it, or a one-time challenge tied to it): the first request with one moves the binding to it while
+    -- `predecessor` is still the bound certificate, and the device keeps its queue and bootstrap token.
+    CREATE TABLE cert_successors (
+        sha256       TEXT PRIMARY KEY,
+        device_id    TEXT NOT NULL,
+        predecessor  TEXT NOT NULL,
+        proof        TEXT NOT NULL,          -- 'renewal_request' or 'renewal_challenge'
+        recorded_at  TEXT NOT NULL
+    );
+    """,
 ]

@@ -4,7 +4,8 @@ store.write transaction (one per device request).
 An enrollment becomes active with its first TokenUpdate, not at Authenticate: until then the server has
 no push token and the device may still abandon enrollment. Authenticate starts over (NanoMDM does the
 same): the channels of the device go inactive and their TokenUpdate tally restarts, so the TokenUpdate
-that follows is told apart as the one that (re-)enrolls it. The queue and results are kept.
+that follows is told apart as the one that (re-)enrolls it. What else an Authenticate clears depends on
+the certificate it came with, and is decided around this module (appliance.service.certauth).
 """
 
 from __future__ import annotations
@@ -58,6 +59,28 @@ def authenticate(conn: sqlite3.Connection, message: Authenticate) -> None:
         "UPDATE enrollments SET active = 0, token_update_count = 0, updated_at = ? WHERE device_id = ?",
         (now, enrollment.device_id),
     )
+
+
+def forget_previous_enrollment(conn: sqlite3.Connection, device_id: str) -> tuple[bool, bool]:
+    """At a re-enrollment (another identity for this device) the old enrollment's secrets go: the bootstrap
+    token, the unlock token (escrowed for the old installation; a re-enrolled device sends a new one with
+    its first TokenUpdate) and every channel's push token and PushMagic (Apple: PushMagic ties a device to
+    one MDM relationship; the new one sends both in its TokenUpdate). Returns (had a bootstrap token, had
+    an unlock token)."""
+    now = now_text()
+    had = conn.execute(
+        "SELECT bootstrap_token IS NOT NULL, unlock_token IS NOT NULL FROM devices WHERE id = ?", (device_id,)
+    ).fetchone()
+    conn.execute(
+        "UPDATE devices SET bootstrap_token = NULL, bootstrap_token_at = NULL, unlock_token = NULL, "
+        "unlock_token_at = NULL, updated_at = ? WHERE id = ?",
+        (now, device_id),
+    )
+    conn.execute(
+        "UPDATE enrollments SET token = NULL, push_magic = NULL, updated_at = ? WHERE device_id = ?",
+        (now, device_id),
+    )
+    return (bool(had[0]), bool(had[1])) if had else (False, False)
 
 
 def token_update(conn: sqlite3.Connection, message: TokenUpdate) -> int:

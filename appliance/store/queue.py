@@ -185,6 +185,16 @@ def clear_queue(conn: sqlite3.Connection, enrollment_id: str) -> int:
     return _take_off(conn, "enrollment_id = ?", (enrollment_id,))
 
 
+def clear_device(conn: sqlite3.Connection, device_id: str) -> int:
+    """Drop every pending command of the device, on all its channels, at a re-enrollment; returns how many.
+
+    Unlike clear_queue nothing stays marked cancelled: the new identity must not be able to report on what
+    the old one was given (such a report is kept as a stray one). Results are history and stay."""
+    return conn.execute(
+        "DELETE FROM queue WHERE enrollment_id IN (SELECT id FROM enrollments WHERE device_id = ?)", (device_id,)
+    ).rowcount
+
+
 def cancel_command(conn: sqlite3.Connection, command_uuid: str) -> int:
     """Take one command off every queue it is pending on; returns how many rows."""
     return _take_off(conn, "command_uuid = ?", (command_uuid,))

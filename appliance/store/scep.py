@@ -92,13 +92,27 @@ def count_issued(conn: sqlite3.Connection) -> int:
     return conn.execute("SELECT count(*) FROM scep_certificates").fetchone()[0]
 
 
-def add_challenge(conn: sqlite3.Connection, challenge: str, created: datetime, expires: datetime) -> None:
+def add_challenge(conn: sqlite3.Connection, challenge: str, created: datetime, expires: datetime,
+                  renews: tuple[str, str] | None = None) -> None:
+    """renews: (device id, bound certificate SHA-256) when the challenge is minted to renew that identity."""
     # Expired challenges are useless: drop them whenever a new one is minted.
     conn.execute("DELETE FROM scep_challenges WHERE expires_at < ?", (to_text(created),))
+    device, sha256 = renews or (None, None)
     conn.execute(
-        "INSERT INTO scep_challenges (challenge_sha256, created_at, expires_at) VALUES (?, ?, ?)",
-        (challenge_hash(challenge), to_text(created), to_text(expires)),
+        "INSERT INTO scep_challenges (challenge_sha256, created_at, expires_at, renews_device, renews_sha256)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (challenge_hash(challenge), to_text(created), to_text(expires), device, sha256),
     )
+
+
+def challenge_renews(conn: sqlite3.Connection, challenge: str) -> tuple[str, str] | None:
+    """The (device id, certificate SHA-256) a challenge was minted to renew, if any."""
+    row = conn.execute(
+        "SELECT renews_device, renews_sha256 FROM scep_challenges WHERE challenge_sha256 = ?"
+        " AND renews_device IS NOT NULL",
+        (challenge_hash(challenge),),
+    ).fetchone()
+    return (row[0], row[1]) if row else None
 
 
 def spend_challenge(conn: sqlite3.Connection, challenge: str, now: datetime, transaction_id: str) -> bool:

@@ -30,4 +30,10 @@ MIGRATIONS = [
     );
     CREATE INDEX scep_challenges_expires ON scep_challenges (expires_at);
     """,
+    """
+    -- A challenge minted to renew one device's identity (sent over its authenticated channel): the
+    -- certificate issued against it is that device's proven successor while renews_sha256 is still bound.
+    ALTER TABLE scep_challenges ADD COLUMN renews_device TEXT;
+    ALTER TABLE scep_challenges ADD COLUMN renews_sha256 TEXT;
+    """,
 ]

@@ -7,6 +7,9 @@ Topics are "mdm." + the check-in MessageType (mdm.Authenticate, mdm.TokenUpdate,
 plist, base64 (Go's encoding of []byte). NanoMDM additions: "ids" (id, parent_id, type of the resolved
 enrollment) and "token_update_tally" on TokenUpdate.
 
+Our own, in the same envelope: "appliance.Reenrollment" (a "reenrollment_event") when another identity
+certificate re-enrolled a known device and the old enrollment's pending commands and secrets were cleared.
+
 Sans-I/O: builds bytes, never sends them. The body is built once and stored in the outbox, so every
 retry carries the same event_id and bytes (receivers can de-duplicate on event_id; the HMAC is stable).
 """
@@ -20,6 +23,7 @@ import uuid
 from appliance.store.timefmt import now_text
 
 CONNECT_TOPIC = "mdm.Connect"
+REENROLLMENT_TOPIC = "appliance.Reenrollment"
 
 
 def _envelope(topic: str, kind: str, event: dict) -> bytes:
@@ -85,3 +89,18 @@ def acknowledge_event(*, udid: str, enrollment_id: str, status: str, command_uui
         event["url_params"] = dict(url_params)
     event["raw_payload"] = _raw(raw)
     return CONNECT_TOPIC, _envelope(CONNECT_TOPIC, "acknowledge_event", event)
+
+
+def reenrollment_event(*, udid: str, enrollment_id: str, ids: dict, previous_sha256: str, sha256: str,
+                       subject: str, cleared_commands: int, bootstrap_token: bool, unlock_token: bool
+                       ) -> tuple[str, bytes]:
+    """A known device Authenticated with another identity certificate (a wiped device, or someone claiming
+    its UDID) -> ("appliance.Reenrollment", JSON body): both certificates' SHA-256, the new one's subject,
+    and what of the old enrollment was cleared (pending commands on all channels, which tokens)."""
+    event = _identity(udid, enrollment_id, ids)
+    event["previous_certificate_sha256"] = previous_sha256
+    event["certificate_sha256"] = sha256
+    event["certificate_subject"] = subject
+    event["cleared"] = {"commands": int(cleared_commands), "bootstrap_token": bool(bootstrap_token),
+                        "unlock_token": bool(unlock_token)}
+    return REENROLLMENT_TOPIC, _envelope(REENROLLMENT_TOPIC, "reenrollment_event", event)

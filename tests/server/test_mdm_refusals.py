@@ -149,7 +149,8 @@ async def test_device_never_authenticated_is_refused(mdm):
         assert await mdm.dump() == before
 
 
-async def test_new_certificate_rebinds_and_keeps_bootstrap_token_and_history(mdm):
+async def test_new_certificate_re_enrolls_clearing_queue_and_bootstrap_token_but_keeping_history(mdm):
+    # Not a renewal proven by the bound identity (tests/server/test_identity_takeover.py): a re-enrollment.
     old = await _enrolled(mdm, "RENEW")
     await old.set_bootstrap_token(b"bootstrap")
     await mdm.enqueue("HIST-1", ["RENEW"])
@@ -160,8 +161,8 @@ async def test_new_certificate_rebinds_and_keeps_bootstrap_token_and_history(mdm
     async with DeviceSim(mdm.server.base_url, mdm.server.ssl_context(), cert, key, "RENEW") as new:
         await new.enroll()
         assert (await old.idle()).status == 403  # the old certificate no longer speaks for it
-        assert (await new.get_bootstrap_token()).plist == {"BootstrapToken": b"bootstrap"}
-        assert (await new.idle()).command_uuid == "PENDING-1"
+        assert (await new.get_bootstrap_token()).body == b""
+        assert (await new.idle()).command is None
     assert [r["command_uuid"] for r in await mdm.rows("SELECT command_uuid FROM results")] == ["HIST-1"]
     await old.aclose()
 

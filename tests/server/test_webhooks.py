@@ -11,7 +11,7 @@ import re
 import trio
 
 from appliance.store import outbox
-from appliance.webhook.events import acknowledge_event, checkin_event
+from appliance.webhook.events import acknowledge_event, checkin_event, reenrollment_event
 from tests.support.harness import API_KEY, free_port, make_config, start_server
 from tests.support.webhook_receiver import Receiver, Running
 
@@ -52,6 +52,21 @@ def test_acknowledge_event_is_mdm_connect():
     idle = json.loads(acknowledge_event(udid="U", enrollment_id="", status="Idle", command_uuid=None, raw=b"",
                                         url_params=None, ids={})[1])["acknowledge_event"]
     assert "command_uuid" not in idle and idle["status"] == "Idle"
+
+
+def test_reenrollment_event_has_the_same_envelope():
+    topic, body = reenrollment_event(udid="UDID-1", enrollment_id="", ids={"id": "UDID-1", "type": "Device",
+                                                                            "parent_id": None},
+                                     previous_sha256="aa" * 32, sha256="bb" * 32, subject="CN=new",
+                                     cleared_commands=2, bootstrap_token=True, unlock_token=False)
+    event = json.loads(body)
+    assert topic == event["topic"] == "appliance.Reenrollment"
+    assert set(event) == {"topic", "event_id", "created_at", "reenrollment_event"} and ISO.match(event["created_at"])
+    assert event["reenrollment_event"] == {
+        "udid": "UDID-1", "ids": {"id": "UDID-1", "type": "Device"},
+        "previous_certificate_sha256": "aa" * 32, "certificate_sha256": "bb" * 32, "certificate_subject": "CN=new",
+        "cleared": {"commands": 2, "bootstrap_token": True, "unlock_token": False},
+    }
 
 
 def _event(enrollment_id: str, seq: int) -> tuple[str, bytes]:

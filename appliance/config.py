@@ -1,7 +1,8 @@
 """The appliance's one TOML file, validated with pydantic so that every mistake is reported at once.
 
 Relative paths inside the file resolve against the file's folder. Durations accept seconds or
-"30s"/"15m"/"24h"/"3d"; sizes accept bytes or "512KiB"/"32MiB".
+"30s"/"15m"/"24h"/"3d"; sizes accept bytes or "512KiB"/"32MiB". Types are strict: a hand-edited file
+that says `true` for a size or "yes" for a switch is a mistake to report, not to coerce.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import ssl
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
@@ -36,37 +38,59 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _SIZES = {"": 1, "b": 1, "kib": 1024, "kb": 1000, "mib": 1024**2, "mb": 1000**2, "gib": 1024**3, "gb": 1000**3}
 
 
+_DURATION_HINT = "expected a duration: seconds (a number) or a string like \"30s\", \"15m\", \"24h\", \"3d\""
+_SIZE_HINT = "expected a size: bytes (a whole number) or a string like \"512KiB\", \"32MiB\""
+
+
 def _duration(value: object) -> object:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(_DURATION_HINT)
     if isinstance(value, str):
         match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", value)
         if not match:
-            raise ValueError("expected a duration like 30, \"30s\", \"15m\", \"24h\" or \"3d\"")
+            raise ValueError(_DURATION_HINT)
         return float(match.group(1)) * _UNITS[match.group(2) or "s"]
     return value
 
 
 def _size(value: object) -> object:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(_SIZE_HINT)
     if isinstance(value, str):
         match = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", value)
         if not match or match.group(2).lower() not in _SIZES:
-            raise ValueError("expected a size like 1048576, \"512KiB\" or \"32MiB\"")
+            raise ValueError(_SIZE_HINT)
         return int(match.group(1)) * _SIZES[match.group(2).lower()]
     return value
 
 
 def _resolve_path(value: object, info: ValidationInfo) -> object:
-    if isinstance(value, str) and value:
-        path = Path(value).expanduser()
-        base = (info.context or {}).get("base_dir")
-        if not path.is_absolute() and base is not None:
-            path = Path(base) / path
-        return path
-    return value
+    if isinstance(value, Path):  # built in Python (tests), not read from TOML
+        return value
+    if not isinstance(value, str) or not value:
+        raise ValueError("expected a path (a non-empty string)")
+    path = Path(value).expanduser()
+    base = (info.context or {}).get("base_dir")
+    if not path.is_absolute() and base is not None:
+        path = Path(base) / path
+    return path
 
 
 def _must_exist(path: Path | None) -> Path | None:
     if path is not None and not path.is_file():
         raise ValueError(f"file not found: {path}")
+    return path
+
+
+def _ca_bundle(path: Path | None) -> Path | None:
+    """A CA bundle the TLS client will load: checked here, not when the first connection needs it."""
+    if path is not None:
+        try:
+            ssl.create_default_context(cafile=str(path))
+        except ssl.SSLError as exc:
+            raise ValueError(f"{path}: no usable PEM certificate in it ({exc.reason or exc})") from None
+        except OSError as exc:
+            raise ValueError(f"{path}: {exc.strerror or exc}") from None
     return path
 
 
@@ -78,6 +102,7 @@ def _listen(value: str) -> str:
 Seconds = Annotated[float, BeforeValidator(_duration), Field(gt=0)]
 Bytes = Annotated[int, BeforeValidator(_size), Field(gt=0)]
 ExistingFile = Annotated[Path, BeforeValidator(_resolve_path), AfterValidator(_must_exist)]
+CABundle = Annotated[ExistingFile, AfterValidator(_ca_bundle)]
 AnyPath = Annotated[Path, BeforeValidator(_resolve_path)]
 Listen = Annotated[str, AfterValidator(_listen)]
 
@@ -97,7 +122,8 @@ def parse_listen(value: str) -> tuple[str, int]:
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: no bool as a number, no "yes" as true, no "365" as 365, no number as a string.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class ServerConfig(Section):
@@ -145,7 +171,7 @@ class ApiConfig(Section):
 
 class ApnsConfig(Section):
     url: str = "https://api.push.apple.com"
-    ca_file: ExistingFile | None = None
+    ca_file: CABundle | None = None
     expiration: Seconds = 3 * 86400
     timeout: Seconds = 15.0
     max_streams: int = Field(default=100, ge=1, le=1000)
@@ -230,7 +256,7 @@ class WebhookConfig(Section):
     retry_initial: Seconds = 1.0
     retry_max: Seconds = 60.0
     # Trust these CAs for an https receiver instead of the system store (a receiver with a private CA).
-    ca_file: ExistingFile | None = None
+    ca_file: CABundle | None = None
 
     @field_validator("url")
     @classmethod
@@ -277,6 +303,17 @@ def default_config_path() -> Path:
     return Path(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
 
 
+# Wrong TOML types, in the operator's words (pydantic's say "valid integer" for `true` too).
+_EXPECTED = {
+    "bool_type": "expected true or false",
+    "int_type": "expected a whole number",
+    "float_type": "expected a number",
+    "string_type": "expected a string (in quotes)",
+    "list_type": "expected a list, e.g. [\"a\", \"b\"]",
+    "model_type": "expected a table of keys",
+}
+
+
 def _describe(error: dict) -> str:
     loc = ".".join(str(part) for part in error["loc"]) or "(top level)"
     kind = error["type"]
@@ -284,11 +321,15 @@ def _describe(error: dict) -> str:
         return f"{loc}: unknown key"
     if kind == "missing":
         return f"{loc}: required key is missing"
-    message = error["msg"]
+    message = _EXPECTED.get(kind) or error["msg"]
+    if kind == "literal_error":
+        message = f"expected one of {error['ctx']['expected']}"
     for prefix in ("Value error, ", "Assertion failed, "):
         message = message.removeprefix(prefix)
-    if "input" in error and kind not in ("model_type",) and not isinstance(error["input"], dict):
-        return f"{loc}: {message} (got {error['input']!r})"
+    if loc in SECRET_KEYS:  # a wrong secret is still a secret: never echo it
+        return f"{loc}: {message}"
+    if "input" in error and not isinstance(error["input"], dict):
+        return f"{loc}: {message} (got {_toml_value(error['input'])})"
     return f"{loc}: {message}"
 
 

@@ -2,8 +2,9 @@
 
 Each part is `async def run_x(..., *, task_status)` started with `nursery.start`, so the process reports
 READY=1 only when the database is open and migrated, the push client has its certificate (or has said it
-has none), the workers run and the listeners are bound. A part that crashes takes the process down with
-its cause logged; systemd restarts it. SIGTERM/SIGINT: stop accepting, let in-flight requests finish
+has none), the workers run and the listeners are bound. A step that cannot start says so in one line
+(appliance.startup). A part that crashes later takes the process down with its cause logged; systemd
+restarts it. SIGTERM/SIGINT: stop accepting, let in-flight requests finish
 within [server] shutdown_grace, stop the workers, close the database, exit 0.
 """
 
@@ -26,6 +27,7 @@ from appliance.metrics import Metrics
 from appliance.push.scheduler import run_push
 from appliance.runtime import Runtime
 from appliance.service.enrollment import warn_on_changed_urls
+from appliance.startup import check_tls_files, data_dir_failure, database_failure, explained, listener_failure
 from appliance.store.db import run_store
 from appliance.store.fleet import device_counts
 from appliance.systemd import Notifier, run_watchdog, watchdog_interval
@@ -53,10 +55,14 @@ async def serve(config: Config, *, notifier: Notifier | None = None, handle_sign
                 task_status=trio.TASK_STATUS_IGNORED) -> None:
     notifier = notifier or Notifier()
     os.umask(0o077)  # everything we create in data_dir (database, keys) is the service user's alone
-    prepared = prepare_data_dir(config)
+    if config.server.tls and config.server.tls_cert is not None:
+        check_tls_files(config.server.tls_cert, config.server.tls_key)
+    with explained(data_dir_failure(config.data_dir)):
+        prepared = prepare_data_dir(config)
     stop = trio.Event()
     async with trio.open_nursery() as root:
-        store = await root.start(run_store, prepared.db_path, config.storage.synchronous)
+        with explained(database_failure(prepared.db_path)):
+            store = await root.start(run_store, prepared.db_path, config.storage.synchronous)
         runtime = _runtime(config, prepared, store)
         # Topic, ServerURL and CheckInURL never change for an enrolled device: say so if they did.
         await warn_on_changed_urls(runtime)
@@ -119,10 +125,13 @@ async def devices_phrase(runtime: Runtime) -> str:
 async def _start_listeners(nursery, runtime: Runtime, stop: trio.Event) -> tuple[list[str], list[str]]:
     config = runtime.config
     if config.api.listen:
-        binds = await nursery.start(run_http, runtime, config.server.listen, ALL_ROLES - {"api"}, stop)
-        api_binds = await nursery.start(run_http, runtime, config.api.listen, ALL_ROLES - {"device"}, stop)
+        with explained(listener_failure(config.server.listen, "[server] listen")):
+            binds = await nursery.start(run_http, runtime, config.server.listen, ALL_ROLES - {"api"}, stop)
+        with explained(listener_failure(config.api.listen, "[api] listen")):
+            api_binds = await nursery.start(run_http, runtime, config.api.listen, ALL_ROLES - {"device"}, stop)
         return binds, api_binds
-    return await nursery.start(run_http, runtime, config.server.listen, ALL_ROLES, stop), []
+    with explained(listener_failure(config.server.listen, "[server] listen")):
+        return await nursery.start(run_http, runtime, config.server.listen, ALL_ROLES, stop), []
 
 
 def hypercorn_config(runtime: Runtime, listen: str) -> HypercornConfig:

@@ -17,7 +17,7 @@ from appliance.bootstrap import read_api_key
 from appliance.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, Config, ConfigError, load_config, parse_listen
 
 config_option = click.option(
-    "--config", "-c", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    "--config", "-c", "config_path", type=click.Path(path_type=Path), default=None,
     help=f"The appliance's TOML file [default: ${CONFIG_ENV} or {DEFAULT_CONFIG_PATH}].",
 )
 
@@ -73,10 +73,16 @@ class ApiClient:
             )
 
     def _ssl_context(self) -> ssl.SSLContext:
-        cafile = os.environ.get("MDM_APPLIANCE_CA")
+        cafile, source = os.environ.get("MDM_APPLIANCE_CA"), "$MDM_APPLIANCE_CA"
         if cafile is None and self.config.server.tls_cert is None:
-            cafile = str(self.config.data_dir / "ca.crt")
-        return ssl.create_default_context(cafile=cafile)
+            cafile, source = str(self.config.data_dir / "ca.crt"), "the appliance CA"
+        try:
+            return ssl.create_default_context(cafile=cafile)
+        except OSError as exc:
+            raise CliError(f"cannot read the CA bundle {cafile} ({source}): {exc.strerror or exc}") from None
+        except ssl.SSLError as exc:
+            raise CliError(f"the CA bundle {cafile} ({source}) holds no usable PEM certificate "
+                           f"({exc.reason or exc})") from None
 
     def _connection(self) -> http.client.HTTPConnection:
         if self.scheme == "https":

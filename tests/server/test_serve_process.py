@@ -116,17 +116,39 @@ def test_in_flight_request_finishes_after_sigterm(tmp_path, notify):
     assert "ts=" not in stderr  # under journald the journal stamps each line
 
 
-def test_a_crashing_part_exits_non_zero_with_its_cause(tmp_path):
-    config = make_config(tmp_path)
-    data_dir = tmp_path / "state"
-    data_dir.mkdir(mode=0o700)
-    (data_dir / "appliance.db").mkdir()  # the database cannot be opened
-    result = subprocess.run(
-        [sys.executable, "-m", "appliance", "serve", "--config", str(config)],
-        env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60,
-    )
-    assert result.returncode == 1
-    assert "event=crashed" in result.stderr and "unable to open database" in result.stderr
+# A fault injected into one part after READY=1 (nothing real fails on cue in a healthy process): the
+# status line's third refresh raises, as a bug in a part would.
+CRASH_AFTER_READY = """
+import appliance.supervisor as supervisor
+supervisor.STATUS_REFRESH_SECONDS = 0.1
+real, calls = supervisor.status_line, []
+async def status_line(runtime):
+    calls.append(1)
+    if len(calls) == 3:
+        raise RuntimeError("injected fault in a running part")
+    return await real(runtime)
+supervisor.status_line = status_line
+from appliance.cli import main
+main()
+"""
+
+
+def test_a_part_crashing_after_start_exits_non_zero_with_its_cause_and_traceback(tmp_path, notify):
+    config = make_config(tmp_path, port=free_port(), logging={"level": "info"})
+    environment = {k: v for k, v in os.environ.items() if k not in ("JOURNAL_STREAM", "WATCHDOG_USEC")}
+    environment.update(NOTIFY_SOCKET=str(tmp_path / "notify.sock"), PYTHONPATH=str(ROOT))
+    process = subprocess.Popen([sys.executable, "-c", CRASH_AFTER_READY, "serve", "--config", str(config)],
+                               env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        notify.wait_for("READY=1", timeout=30)
+        assert process.wait(timeout=30) == 1
+    finally:
+        if process.poll() is None:
+            process.kill()
+        _, stderr = process.communicate(timeout=10)
+    assert "event=crashed" in stderr and "injected fault in a running part" in stderr
+    assert "Traceback" in stderr  # a crash while serving is a bug: its traceback stays, at any level
+    assert "startup_failed" not in stderr
 
 
 async def test_notifier_speaks_to_abstract_addresses():

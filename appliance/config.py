@@ -177,6 +177,8 @@ class ApnsConfig(Section):
     max_streams: int = Field(default=100, ge=1, le=1000)
     repush_interval: Seconds = 86400.0
     push_api_deadline: Seconds = 10.0  # /v1/push answers by then; unfinished pushes carry on
+    # Pushes failing this long (APNs unreachable, TLS refused, 403) turn /healthz, STATUS=, metrics to error.
+    unhealthy_after: Seconds = 300.0
 
     @field_validator("url")
     @classmethod

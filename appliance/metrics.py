@@ -79,7 +79,12 @@ class Metrics:
         )
         self.push_status = Gauge(
             "mdm_push_status", "Push health as in /healthz: 0 ok, 1 warning (certificate expires within 30 "
-            "days, or none imported), 2 error (expired, or APNs rejects the certificate).", registry=r,
+            "days, or none imported), 2 error (expired, APNs rejects the certificate, or pushes have been "
+            "failing longer than [apns] unhealthy_after).", registry=r,
+        )
+        self.push_failing_seconds = Gauge(
+            "mdm_push_failing_seconds", "How long pushes have been failing (APNs unreachable, TLS refused, "
+            "403, 5xx, timeouts); 0 while they get through.", registry=r,
         )
 
         # Known label values start at 0, so every series the dashboards ask about exists from the first

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import trio
+
 from appliance.config import Config
 from appliance.identity.ca import ApplianceCA
 from appliance.identity.guesses import GuessLimit
@@ -36,8 +38,14 @@ class Runtime:
     health_checks: list[HealthCheck] = field(default_factory=list)
     # Short phrases for systemd's STATUS= line, e.g. "push cert com.apple.mgmt.X expires in 200 days".
     status_phrases: list[Callable[[], Awaitable[str | None]]] = field(default_factory=list)
+    # Set by refresh_status(): the STATUS= line is rewritten now rather than at its next minute.
+    status_changed: trio.Event = field(default_factory=trio.Event)
     # Wrong SCEP challenges per client address, limited as [enrollment] says.
     scep_guesses: GuessLimit = field(init=False)
+
+    def refresh_status(self) -> None:
+        """A part's health changed: rewrite systemd's STATUS= line now."""
+        self.status_changed.set()
 
     def __post_init__(self) -> None:
         enrollment = self.config.enrollment

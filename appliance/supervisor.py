@@ -196,5 +196,7 @@ async def status_line(runtime: Runtime) -> str:
 async def _run_status_line(runtime: Runtime, notifier: Notifier, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
     task_status.started()
     while True:
+        runtime.status_changed = trio.Event()
         await notifier.notify(f"STATUS={await status_line(runtime)}")
-        await trio.sleep(STATUS_REFRESH_SECONDS)
+        with trio.move_on_after(STATUS_REFRESH_SECONDS):  # or sooner, when a part's health changes
+            await runtime.status_changed.wait()

@@ -23,12 +23,15 @@ import h2.exceptions
 import trio
 
 from appliance.push.connection import Connection, Lost, describe_error
+from appliance.push.health import PROVEN_AFTER, PushHealth
 from appliance.push.pushcert import PushCertificate
 from appliance.push.results import Batch, Push, PushResult, PushStatus
 
 __all__ = ["APNsClient", "PushResult", "PushStatus", "push_body"]
 
 DEFAULT_URL = "https://api.push.apple.com"
+# How a failed connection attempt is described in health, by how far it got.
+_PHASES = {"tcp": "APNs unreachable", "tls": "TLS with APNs refused", "h2": "APNs HTTP/2 refused"}
 DEFAULT_EXPIRATION = 3 * 86400  # seconds; a device offline for a weekend still gets the push
 
 
@@ -65,6 +68,8 @@ class APNsClient:
         backoff_initial: float = 1.0,
         backoff_max: float = 60.0,
         throttle_initial: float = 60.0,
+        probe_interval: float = 30.0,
+        health: PushHealth | None = None,
         log=None,
     ):
         parts = urlsplit(url)
@@ -82,6 +87,9 @@ class APNsClient:
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.throttle_initial = throttle_initial
+        self.probe_interval = probe_interval
+        self.health = health or PushHealth()
+        self._phase = "tcp"  # how far the current connection attempt got (for health's cause)
         self.log = log
         self._pending: deque[Push] = deque()
         self._delayed: set[Push] = set()  # waiting out a retry backoff
@@ -185,6 +193,7 @@ class APNsClient:
     # ----- outcomes (called by connections) ----------------------------------------------
     def _complete(self, push: Push, status: int, apns_id: str | None, body: bytes) -> None:
         if status == 200:
+            self.health.answered()
             if self.cert_error:
                 self.cert_error = None
             push.finish(PushResult(PushStatus.OK, 200, apns_id=apns_id))
@@ -197,6 +206,8 @@ class APNsClient:
                 timestamp = doc.get("timestamp")
             except (ValueError, AttributeError):
                 reason = None
+        # 400/410/429 are about one device: APNs took our certificate and serves; 403 and 5xx are not
+        self.health.answered(f"{status} {reason or 'no reason'}" if status == 403 or status >= 500 else None)
         if status == 410:
             push.finish(PushResult(PushStatus.UNREGISTERED, 410, apns_id, reason or "Unregistered",
                                    int(timestamp) if isinstance(timestamp, (int, float)) else None))
@@ -222,6 +233,8 @@ class APNsClient:
 
     def _retry(self, push: Push, failure: PushResult) -> None:
         """Try again later (bounded); the caller's push fails with `failure` when attempts run out."""
+        if not failure.http_status:  # a timeout or a reset: no answer (answers were counted above)
+            self.health.push_failed(failure.describe())
         push.attempts += 1
         if push.attempts >= self.max_attempts or self._nursery is None:
             push.finish(failure)
@@ -290,6 +303,7 @@ class APNsClient:
             self._pending = deque(p for p in self._pending if not p.done)
             if not self._pending and not self._reconnect:
                 continue
+            probe = not self._pending and self.health.connection_failing
             self._reconnect = False
             if self._certificate is None:
                 self._fail_all("NoPushCertificate")
@@ -302,17 +316,19 @@ class APNsClient:
                 failures += 1
                 reason = describe_error(e)
                 self.last_connection_error = reason
+                self.health.connection_failed(f"{_PHASES[self._phase]}: {reason}")
                 self.stats["connect_failures"] += 1
                 delay = self._backoff(failures)
                 if self.log:
-                    self.log.warning("apns_connect_failed", error=reason, failures=failures,
-                                     retry_in=round(delay, 2))
+                    # a probe (nothing waiting) that fails again is no news: health says it already
+                    (self.log.debug if probe else self.log.warning)(
+                        "apns_connect_failed", error=reason, failures=failures, retry_in=round(delay, 2))
                 self._charge_pending(f"ConnectionFailed: {reason}")
-                await trio.sleep(delay)
-                self._demand.set()
+                await self._retry_after(delay)
                 continue
             self.stats["connects"] += 1
             self.connected = True
+            self.health.connection_up()
             started = trio.current_time()
             if generation != self._generation:
                 conn.retire()
@@ -322,24 +338,42 @@ class APNsClient:
             finally:
                 self._conn = None
                 self.connected = False
-            healthy = reason is None or conn.answered > 0 or trio.current_time() - started > 10
+            healthy = reason is None or conn.answered > 0 or trio.current_time() - started > PROVEN_AFTER
+            self.health.connection_down(reason, proven=healthy)
             failures = 0 if healthy else failures + 1
             if reason and self.log:
                 self.log.info("apns_connection_closed", reason=reason, answered=conn.answered)
             if reason:
                 self.last_connection_error = reason
             if failures:
-                await trio.sleep(self._backoff(failures))
-            if self._pending:
+                await self._retry_after(self._backoff(failures))
+            elif self._pending:
                 self._demand.set()
 
+    async def _retry_after(self, delay: float) -> None:
+        """Back off, then connect again for the pushes waiting. With none waiting while the connection
+        is failing, still try now and then (probe_interval), so health sees APNs come back."""
+        await trio.sleep(delay)
+        if not self._pending and self._may_probe():
+            with trio.move_on_after(max(0.0, self.probe_interval - delay)):
+                await self._demand.wait()
+            self._reconnect = self._may_probe()
+        self._demand.set()
+
+    def _may_probe(self) -> bool:
+        cert = self._certificate
+        return cert is not None and not cert.expired() and self.health.connection_failing
+
     async def _connect(self) -> Connection:
+        self._phase = "tcp"
         with trio.fail_after(self.timeout):
             tcp = await trio.open_tcp_stream(self.host, self.port)
+            self._phase = "tls"
             stream = trio.SSLStream(tcp, self._ssl_context, server_hostname=self.host,
                                     https_compatible=True)
             try:
                 await stream.do_handshake()
+                self._phase = "h2"
                 if stream.selected_alpn_protocol() != "h2":
                     raise Lost("server did not negotiate ALPN h2")
                 conn = Connection(self, stream)

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -51,6 +52,10 @@ class PushService:
     # A push that failed (APNs unreachable or 5xx beyond the client's own retries) while commands wait
     # is tried again after this long, not only after repush_interval: an outage costs minutes, not a day.
     failed_retry_seconds = 600.0
+    # APNs client reconnects: backoff cap, and how often to retry while failing with nothing to push.
+    backoff_max = 60.0
+    probe_interval = 30.0
+    health_check_seconds = 1.0  # how soon a change of push health reaches the log and STATUS=
 
     def __init__(self, runtime, client: APNsClient | None = None):
         self.runtime = runtime
@@ -58,7 +63,11 @@ class PushService:
         self.client = client or APNsClient(
             cfg.url, ca_file=cfg.ca_file, expiration=cfg.expiration, timeout=cfg.timeout,
             max_streams=cfg.max_streams, log=get_logger("apns"),
+            backoff_max=self.backoff_max, probe_interval=self.probe_interval,
         )
+        # Pushes failing longer than [apns] unhealthy_after turn health, STATUS= and metrics to error.
+        self.health = self.client.health
+        self.health.unhealthy_after = cfg.unhealthy_after
         self.repush_interval = cfg.repush_interval
         self.api_deadline = cfg.push_api_deadline
         self._wanted: set[str] = set()
@@ -70,6 +79,7 @@ class PushService:
         self._summary_stale = True
         severity_number = {"ok": 0, "warning": 1, "error": 2}
         runtime.metrics.push_status.set_function(lambda: severity_number[self.severity()])
+        runtime.metrics.push_failing_seconds.set_function(self.health.failing_for)
 
     # ----- what other parts call ----------------------------------------------------------------
     def request_push(self, enrollment_ids: Iterable[str]) -> None:
@@ -151,8 +161,10 @@ class PushService:
         return cert
 
     def status(self) -> dict:
-        """For /healthz and STATUS=: topic, not_after, days_left, state and the last errors."""
+        """For /healthz and STATUS=: topic, not_after, days_left, state, whether pushes get through."""
         cert = self.client.certificate
+        failing_for = self.health.failing_for()
+        failing = self.health.failing_since is not None
         info = {
             "topic": cert.topic if cert else None,
             "not_after": to_text(cert.not_after) if cert else None,
@@ -161,6 +173,11 @@ class PushService:
             "certificate_error": self.client.cert_error or self.load_error,
             "connected": self.client.connected,
             "last_connection_error": self.client.last_connection_error,
+            # Pushes failing (APNs unreachable, TLS refused, 403, 5xx) since, and why; None when they work.
+            "failing_since": to_text(now() - dt.timedelta(seconds=failing_for)) if failing else None,
+            "failing_seconds": math.floor(failing_for * 10) / 10,  # never rounded up past the threshold
+            "failure": self.health.cause,
+            "unhealthy_after": self.health.unhealthy_after,
         }
         return info
 
@@ -168,26 +185,31 @@ class PushService:
         info = info or self.status()
         if info["state"] == "expired" or info["certificate_error"]:
             return "error"
+        if info["failing_seconds"] >= info["unhealthy_after"] and info["failure"]:
+            return "error"
         if info["state"] in ("warning", "missing"):
             return "warning"
         return "ok"
 
-    async def health(self) -> tuple[str, dict, str]:
+    async def health_check(self) -> tuple[str, dict, str]:
         info = self.status()
         return "push", info, self.severity(info)
 
     async def phrase(self) -> str:
         info = self.status()
+        failing = ""
+        if info["failure"] and info["failing_seconds"] >= info["unhealthy_after"]:
+            failing = f"ERROR: pushes failing for {info['failing_seconds']:.0f} s ({info['failure']}); "
         if info["state"] == "missing":
-            return "no push certificate imported"
+            return failing + "no push certificate imported"
         if info["state"] == "expired":
-            return f"ERROR: push cert EXPIRED on {info['not_after'][:10]}, renew it with the same Apple ID"
+            return failing + f"ERROR: push cert EXPIRED on {info['not_after'][:10]}, renew it with the same Apple ID"
         text = f"push cert {info['topic']} expires in {info['days_left']} days"
         if info["state"] == "warning":
             text = f"WARNING: {text}, renew it with the same Apple ID"
         if info["certificate_error"]:
             text += f" (APNs: {info['certificate_error']})"
-        return text
+        return failing + text
 
     # ----- pushing ---------------------------------------------------------------------------------
     async def _push(self, ids: list[str]) -> dict[str, PushOutcome]:
@@ -261,6 +283,7 @@ class PushService:
             nursery.start_soon(self._repush_worker)
             nursery.start_soon(self._expiry_warner)
             nursery.start_soon(self._summary_refresher)
+            nursery.start_soon(self._health_watcher)
             task_status.started(self)
 
     async def _coalescer(self) -> None:
@@ -323,6 +346,21 @@ class PushService:
             for (result, reason), count in by_reason.items():
                 metrics.enrollments_by_push_reason.labels(result, reason).set(count)
 
+    async def _health_watcher(self) -> None:
+        """Say in the log, once, when pushes turn unhealthy and when they recover; refresh STATUS=."""
+        reported_unhealthy, reported_severity = False, self.severity()
+        while True:
+            await trio.sleep(self.health_check_seconds)
+            unhealthy, severity = self.health.unhealthy(), self.severity()
+            if unhealthy and not reported_unhealthy:
+                log.error("push_unhealthy", failing_seconds=round(self.health.failing_for(), 1),
+                          cause=self.health.cause)
+            elif reported_unhealthy and not unhealthy:
+                log.info("push_recovered")
+            if severity != reported_severity:
+                self.runtime.refresh_status()
+            reported_unhealthy, reported_severity = unhealthy, severity
+
     async def _expiry_warner(self) -> None:
         while True:
             await trio.sleep(self.expiry_check_seconds)
@@ -357,6 +395,6 @@ async def run_push(runtime, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """The supervisor's push part: ready once the stored certificate is loaded (or reported missing)."""
     service = PushService(runtime)
     runtime.push = service
-    runtime.health_checks.append(service.health)
+    runtime.health_checks.append(service.health_check)
     runtime.status_phrases.append(service.phrase)
     await service.run(task_status=task_status)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import sqlite3
@@ -26,8 +25,7 @@ from tests.support.apns_certs import make_ca, make_push_cert, make_server
 from tests.support.apns_standin import Answer, StandIn
 from tests.support.harness import make_config, start_server
 from tests.support.mdm_support import command_body, start_mdm_server
-
-NOW = "2026-01-01T00:00:00.000000Z"
+from tests.support.push_support import NOW, add_enrollment, db, import_cert, metric_lines, scrape
 
 
 @pytest.fixture(scope="module")
@@ -76,20 +74,6 @@ async def cli(config_path: Path, *args: str) -> tuple[int, str, str]:
         env={"PYTHONPATH": str(Path(__file__).resolve().parents[2]), "PATH": "/usr/bin:/bin"},
     )
     return result.returncode, result.stdout.decode(), result.stderr.decode()
-
-
-def db(server):
-    return contextlib.closing(sqlite3.connect(server.config.data_dir / "appliance.db", timeout=10))
-
-
-def add_enrollment(server, eid: str, token: bytes, active: int = 1) -> None:
-    with db(server) as c, c:
-        c.execute("INSERT OR IGNORE INTO devices (id, created_at, updated_at) VALUES (?, ?, ?)",
-                  (eid, NOW, NOW))
-        c.execute(
-            "INSERT INTO enrollments (id, device_id, type, topic, push_magic, token, active, "
-            "created_at, updated_at) VALUES (?, ?, 'Device', 't', ?, ?, ?, ?, ?)",
-            (eid, eid, f"magic-{eid}", token, active, NOW, NOW))
 
 
 def enrollment(server, eid: str) -> dict:
@@ -384,29 +368,6 @@ async def test_requests_during_a_push_in_flight_become_one_follow_up(app, standi
 
 
 # ----- review additions: deadlines, every answer's effect, expiry everywhere, hot swaps, no hot loop ----
-
-def metric_lines(text: str, name: str) -> dict[str, float]:
-    """{'{labels}': value} for one metric family in Prometheus text, parsed by hand (not our renderer)."""
-    found = {}
-    for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            labels, _, value = line[len(name):].rpartition(" ")
-            found[labels.strip()] = float(value)
-    return found
-
-
-async def scrape(server) -> str:
-    async with server.api_client() as api:
-        answer = await api.get("/metrics")
-    assert answer.status_code == 200
-    return answer.text
-
-
-async def import_cert(server, ident) -> None:
-    async with server.api_client() as api:
-        put = await api.put("/v1/pushcert", content=ident.cert_pem + ident.key_pem)
-    assert put.status_code == 200, put.text
-
 
 @pytest.fixture
 async def blackhole(nursery):

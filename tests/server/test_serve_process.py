@@ -17,31 +17,9 @@ import trio
 
 from appliance.systemd import Notifier
 from tests.support.harness import free_port, make_config
+from tests.support.notify import NotifySocket
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-class NotifySocket:
-    def __init__(self, path: Path) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.settimeout(0.2)
-        self.messages: list[str] = []
-
-    def wait_for(self, field: str, timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for message in self.messages:
-                if field in message.split("\n"):
-                    return message
-            try:
-                self.messages.append(self.sock.recv(4096).decode())
-            except TimeoutError:
-                pass
-        raise AssertionError(f"no {field!r} within {timeout}s; got {self.messages}")
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def start(tmp_path: Path, port: int, notify: Path, **env) -> subprocess.Popen:

@@ -97,7 +97,8 @@ class StandIn:
         return [r.token for r in self.requests]
 
     async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        """Listen (again on the same port, after a stop: APNs coming back) until cancelled."""
+        listeners = await trio.open_tcp_listeners(self.port, host="127.0.0.1")
         self.port = listeners[0].socket.getsockname()[1]
         async with trio.open_nursery() as nursery:
             task_status.started(self.port)

@@ -20,7 +20,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from appliance.config import ConfigError
+from appliance.config import ConfigError, parse_listen
 
 Explainer = Callable[[BaseException], "str | None"]
 
@@ -135,8 +135,6 @@ def _read_tls_file(path: Path, what: str) -> bytes:
 
 def port_holder(listen: str) -> str:
     """'held by pid 1234 (nginx)', or why that cannot be known, read from /proc (Linux)."""
-    from appliance.config import parse_listen
-
     _, port = parse_listen(listen)
     sockets = _listening_sockets(port)
     if sockets is None:

@@ -4,7 +4,12 @@ Measured on this machine (../shared/STACK.md): a thread hop costs 150-250 us and
 trio.to_thread per call about twice under concurrency. Writes are group-committed: every write job that
 is waiting when the thread wakes shares one BEGIN IMMEDIATE .. COMMIT, each inside its own SAVEPOINT, so
 synchronous=FULL (power-loss safe) costs one fsync per batch, not per request. A caller's write returns
-only after COMMIT, so a device is never answered 200 for a result that is not on disk.
+only after COMMIT, so a device is never answered 200 for a result that is not on disk; a write that
+raises changed nothing, and a storage fault (disk full, I/O error, a lock held elsewhere, a job that
+waited too long) raises StoreUnavailable (appliance.store.faults).
+
+A write job may run twice (see _run_writes), so it must be a function of the connection and its
+arguments only, and must never end the transaction itself.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,12 +26,19 @@ import trio
 
 from appliance.logs import get_logger
 from appliance.store import schema
+from appliance.store.faults import REASONS, Fault, StoreUnavailable, unavailable
 
 log = get_logger("store")
 T = TypeVar("T")
 
 _MAX_BATCH = 256
 _STOP = object()
+# The server's lock wait: a CLI transaction holds the write lock for milliseconds; one that holds it longer
+# would stall every device request queued behind this thread, so they are answered 503 instead.
+BUSY_TIMEOUT = 2.0
+# How long a job may wait for the thread to start it: far above the longest legitimate job (an enqueue to
+# 10,000 ids, 0.3 s here) and well below a device's patience, so it hears 503 and comes back.
+QUEUE_DEADLINE = 5.0
 
 
 def connect_sync(path: Path | str, synchronous: str = "FULL", migrate: bool = True) -> sqlite3.Connection:
@@ -41,8 +54,12 @@ def connect_sync(path: Path | str, synchronous: str = "FULL", migrate: bool = Tr
     return conn
 
 
+_claims = threading.Lock()
+_QUEUED, _CLAIMED, _ABANDONED = "queued", "claimed", "abandoned"
+
+
 class _Job:
-    __slots__ = ("fn", "args", "write", "done", "result", "error", "token")
+    __slots__ = ("fn", "args", "write", "done", "result", "error", "token", "state")
 
     def __init__(self, fn, args, write: bool) -> None:
         self.fn = fn
@@ -52,6 +69,23 @@ class _Job:
         self.result: Any = None
         self.error: BaseException | None = None
         self.token = trio.lowlevel.current_trio_token()
+        self.state = _QUEUED
+
+    def claim(self) -> bool:
+        """On the db thread, before running the job: False if its caller already gave up on it."""
+        with _claims:
+            if self.state == _ABANDONED:
+                return False
+            self.state = _CLAIMED
+            return True
+
+    def abandon(self) -> bool:
+        """On the caller's side at its deadline: True if the job will now never run."""
+        with _claims:
+            if self.state == _CLAIMED:
+                return False
+            self.state = _ABANDONED
+            return True
 
     def finish(self) -> None:
         # run_sync_soon is a cheap, non-blocking wake-up of the trio loop from this thread.
@@ -65,23 +99,33 @@ class StoreClosed(RuntimeError):
 class Store:
     """`await store.read(fn, *args)` / `await store.write(fn, *args)`; fn(conn, *args) runs on the db thread."""
 
-    def __init__(self, path: Path, synchronous: str = "FULL") -> None:
+    def __init__(self, path: Path, synchronous: str = "FULL", *, busy_timeout: float = BUSY_TIMEOUT,
+                 queue_deadline: float = QUEUE_DEADLINE) -> None:
         self.path = Path(path)
         self.synchronous = synchronous
+        self.busy_timeout = busy_timeout
+        self.queue_deadline = queue_deadline
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._closed = False
         self.commits = 0  # batches committed; a figure for benchmarks and tests of group commit
-        self.writes = 0
+        self.writes = 0  # write jobs committed
+        # Storage faults (appliance.store.faults): the current one, and jobs refused per reason.
+        self.fault: Fault | None = None
+        self.refused = dict.fromkeys(REASONS, 0)
+        self._fault_lock = threading.Lock()
+        self._fault_changed = trio.Event()
 
     async def open(self) -> None:
         opened = trio.Event()
-        token = trio.lowlevel.current_trio_token()
+        token = self._token = trio.lowlevel.current_trio_token()
         failure: list[BaseException] = []
 
         def start() -> None:
             try:
+                # Start-up may wait the long timeout (a CLI command finishing); serving may not.
                 self._conn = connect_sync(self.path, self.synchronous)
+                self._conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
             except BaseException as exc:  # reported to the opener, never swallowed
                 failure.append(exc)
                 token.run_sync_soon(opened.set)
@@ -114,13 +158,65 @@ class Store:
             raise StoreClosed("the store is closed")
         job = _Job(fn, args, write)
         self._jobs.put(job)
-        # Shielded: once submitted, a write runs to COMMIT whatever happens to the caller, and the
-        # caller learns its outcome; the thread always answers, so this cannot hang.
+        # Shielded: a submitted job either never starts (its deadline passed while it waited behind other
+        # work: StoreUnavailable, nothing done) or runs to its end, and its caller learns the outcome
+        # whatever happens to the caller meanwhile. A started job ends within busy_timeout plus its own work.
         with trio.CancelScope(shield=True):
-            await job.done.wait()
+            with trio.move_on_after(self.queue_deadline):
+                await job.done.wait()
+            if not job.done.is_set():
+                if job.abandon():
+                    fault = StoreUnavailable("queue_timeout", f"waited {self.queue_deadline:g} s for the "
+                                             "database thread")
+                    self._refuse(fault)
+                    self._set_fault(fault)
+                    raise fault
+                await job.done.wait()
         if job.error is not None:
             raise job.error
         return job.result
+
+    # --- health, for /healthz, STATUS= and /metrics ----------------------------------------------------
+
+    async def health(self) -> tuple[str, dict, str]:
+        fault = self.fault
+        if fault is None:
+            return "store", {"fault": None}, "ok"
+        return "store", fault.health(), "error"
+
+    async def status_phrase(self) -> str | None:
+        fault = self.fault
+        return None if fault is None else fault.phrase()
+
+    async def fault_changed(self) -> None:
+        """Returns when a fault begins, changes or ends (so STATUS= need not wait for its next refresh)."""
+        await self._fault_changed.wait()
+
+    def _announce(self) -> None:  # on the trio thread
+        self._fault_changed.set()
+        self._fault_changed = trio.Event()
+
+    def _set_fault(self, fault: StoreUnavailable) -> None:
+        with self._fault_lock:
+            current = self.fault
+            if current is not None and current.reason == fault.reason:
+                return
+            self.fault = Fault(fault.reason, fault.detail, time.time())
+        log.error("store_fault", reason=fault.reason, cause=fault.cause, detail=fault.detail, hint=fault.hint)
+        self._token.run_sync_soon(self._announce)
+
+    def _clear_fault(self) -> None:
+        if self.fault is None:  # the common case, after every commit: no lock needed to see it
+            return
+        with self._fault_lock:
+            ended, self.fault = self.fault, None
+        if ended is not None:
+            log.info("store_recovered", reason=ended.reason, after_seconds=f"{time.time() - ended.since:.1f}")
+            self._token.run_sync_soon(self._announce)
+
+    def _refuse(self, fault: StoreUnavailable) -> None:
+        with self._fault_lock:
+            self.refused[fault.reason] += 1
 
     # --- on the db thread -------------------------------------------------------------------------
 
@@ -143,9 +239,9 @@ class Store:
                         break
                     batch.append(job)
                 for job in batch:
-                    if not job.write:
+                    if not job.write and job.claim():
                         self._run_read(job)
-                writes = [job for job in batch if job.write]
+                writes = [job for job in batch if job.write and job.claim()]
                 if writes:
                     self._run_writes(writes)
                 if stop:
@@ -161,45 +257,84 @@ class Store:
         try:
             job.result = job.fn(self._conn, *job.args)
         except BaseException as exc:
-            job.error = exc
+            job.error = unavailable(exc) or exc
+            if isinstance(job.error, StoreUnavailable):
+                self._refuse(job.error)
+                self._set_fault(job.error)
         job.finish()
 
     def _run_writes(self, jobs: list[_Job]) -> None:
+        lost, fault = self._transaction(jobs)
+        if lost:
+            # SQLite rolled the whole transaction back because of one job (a huge write on a nearly full
+            # disk, say), taking the others' work with it. Those did nothing wrong, so they get one more
+            # transaction of their own; if that one is lost too, the store itself is failing and they are
+            # refused rather than run again and again while every caller waits.
+            again, fault = self._transaction(lost)
+            for job in again:
+                job.error = fault.again()
+        for job in jobs:
+            if isinstance(job.error, StoreUnavailable):
+                self._refuse(job.error)
+            job.finish()
+
+    def _transaction(self, jobs: list[_Job]) -> tuple[list[_Job], StoreUnavailable | None]:
+        """Run the jobs in one transaction. Returns the jobs that did nothing wrong but whose work SQLite
+        rolled back with the transaction (to run again), and the fault that cost it."""
         conn = self._conn
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            for job in jobs:
-                job.error = exc
-                job.finish()
-            return
-        for job in jobs:
+            return [], self._fail_all(jobs, exc)
+        faulted = False
+        for index, job in enumerate(jobs):
+            job.result, job.error = None, None
             try:
                 conn.execute("SAVEPOINT job")
                 job.result = job.fn(conn, *job.args)
                 conn.execute("RELEASE job")
             except BaseException as exc:
-                job.error = exc
-                try:
-                    conn.execute("ROLLBACK TO job")
-                    conn.execute("RELEASE job")
-                except sqlite3.Error:
-                    pass
+                job.error = unavailable(exc) or exc
+                if conn.in_transaction:
+                    try:
+                        conn.execute("ROLLBACK TO job")
+                        conn.execute("RELEASE job")
+                    except sqlite3.Error:
+                        pass
+            if not conn.in_transaction:
+                # SQLite ended the transaction (FULL, IOERR, NOMEM... may do that): what ran before is gone,
+                # and what comes after must not run outside a transaction, in autocommit.
+                fault = job.error if isinstance(job.error, StoreUnavailable) else StoreUnavailable(
+                    "io_error", "SQLite rolled the transaction back")
+                if job.error is None:
+                    job.error = fault
+                self._set_fault(fault)
+                lost = [j for j in jobs[:index] if j.error is None] + jobs[index + 1:]
+                return lost, fault
+            if isinstance(job.error, StoreUnavailable):
+                faulted = True
+                self._set_fault(job.error)
         try:
             conn.execute("COMMIT")
-            self.commits += 1
-            self.writes += len(jobs)
         except sqlite3.Error as exc:
-            log.error("store_commit_failed", error=str(exc), jobs=len(jobs))
-            try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            for job in jobs:
-                if job.error is None:
-                    job.error = exc
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            return [], self._fail_all([job for job in jobs if job.error is None], exc)
+        self.commits += 1
+        self.writes += sum(1 for job in jobs if job.error is None)
+        if not faulted:
+            self._clear_fault()
+        return [], None
+
+    def _fail_all(self, jobs: list[_Job], exc: sqlite3.Error) -> StoreUnavailable:
+        fault = unavailable(exc) or StoreUnavailable("io_error", str(exc))
+        self._set_fault(fault)  # logged when the fault begins, not for every batch it refuses
         for job in jobs:
-            job.finish()
+            job.error = fault.again()
+        return fault
 
 
 async def run_store(path: Path, synchronous: str = "FULL", *, task_status=trio.TASK_STATUS_IGNORED) -> None:

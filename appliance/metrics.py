@@ -4,7 +4,7 @@ process; the global default registry would mix them). Each area adds its metrics
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from appliance.fleet_metrics import FleetCollector
 
@@ -117,3 +117,13 @@ class StoreCollector:
         yield CounterMetricFamily("mdm_store_commits", "Write transactions committed (one fsync each with "
                                   "synchronous=FULL); write jobs per commit shows group commit at work.",
                                   value=self.store.commits)
+        refused = CounterMetricFamily("mdm_store_faults", "Store jobs (a request's read or write) refused "
+                                      "for a storage fault, answered 503: disk_full, io_error, read_only, "
+                                      "corrupt, out_of_memory, busy (locked elsewhere), queue_timeout.",
+                                      labels=["reason"])
+        for reason, count in self.store.refused.items():
+            refused.add_metric([reason], count)
+        yield refused
+        yield GaugeMetricFamily("mdm_store_status", "Database health as in /healthz: 0 ok, 2 error (a storage "
+                                "fault since the last commit that worked).",
+                                value=0 if self.store.fault is None else 2)

@@ -29,6 +29,7 @@ from appliance.runtime import Runtime
 from appliance.service.enrollment import warn_on_changed_urls
 from appliance.startup import check_tls_files, data_dir_failure, database_failure, explained, listener_failure
 from appliance.store.db import run_store
+from appliance.store.faults import StoreUnavailable
 from appliance.store.fleet import device_counts
 from appliance.systemd import Notifier, run_watchdog, watchdog_interval
 from appliance.web import tls_peer
@@ -72,6 +73,7 @@ async def serve(config: Config, *, notifier: Notifier | None = None, handle_sign
             # The push client and the background workers start here, before the listeners.
             await workers.start(run_push, runtime)
             await workers.start(run_webhooks, runtime)
+            workers.start_soon(_relay_store_faults, runtime)
             interval = watchdog_interval()
             if interval is not None:
                 await workers.start(run_watchdog, notifier, interval)
@@ -107,6 +109,9 @@ def _runtime(config: Config, prepared: Prepared, store) -> Runtime:
     )
     # Trust anchors for device identities: read once here, not per request.
     runtime.trust = DeviceIdentification.from_config(config, prepared.ca.certificate)
+    # The database first: when it fails (disk full, I/O error), that is what STATUS= must lead with.
+    runtime.health_checks.append(store.health)
+    runtime.status_phrases.append(store.status_phrase)
     runtime.health_checks.append(partial(devices_health, runtime))
     runtime.status_phrases.append(partial(devices_phrase, runtime))
     return runtime
@@ -187,10 +192,20 @@ async def _wait_for_signal(stop: trio.Event, everything: trio.CancelScope) -> No
 async def status_line(runtime: Runtime) -> str:
     phrases = []
     for phrase in runtime.status_phrases:
-        text = await phrase()
+        try:
+            text = await phrase()
+        except StoreUnavailable:
+            continue  # a phrase read from the database cannot be had now; the store's own phrase says why
         if text:
             phrases.append(text)
     return "; ".join(phrases) or "running"
+
+
+async def _relay_store_faults(runtime: Runtime) -> None:
+    """A database fault, and its end, reach STATUS= at once, not at the line's next minute."""
+    while True:
+        await runtime.store.fault_changed()
+        runtime.refresh_status()
 
 
 async def _run_status_line(runtime: Runtime, notifier: Notifier, *, task_status=trio.TASK_STATUS_IGNORED) -> None:

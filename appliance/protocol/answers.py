@@ -37,8 +37,8 @@ def plist_answer(value: dict) -> Answer:
 
 
 def refusal(status: int, reason: str) -> Answer:
-    """A plain-text refusal (4xx); the reason is short and safe to show."""
-    assert 400 <= status < 500 and status != 401, status
+    """A plain-text refusal (4xx, or 503: the server cannot take it now); the reason is short and safe to show."""
+    assert (400 <= status < 500 and status != 401) or status == 503, status
     return Answer(status, reason.encode("utf-8") + b"\n", "text/plain; charset=utf-8")
 
 

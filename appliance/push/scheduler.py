@@ -23,6 +23,7 @@ from appliance.push.apns import APNsClient, PushResult, PushStatus
 from appliance.push.pushcert import PushCertError, PushCertificate
 from appliance.store import push as push_store
 from appliance.store.db import StoreClosed
+from appliance.store.faults import StoreUnavailable
 from appliance.store.timefmt import now, to_text
 
 log = get_logger("push")
@@ -279,10 +280,10 @@ class PushService:
             await nursery.start(self.client.run)
             await self.reload_certificate()
             nursery.start_soon(self._coalescer)
-            nursery.start_soon(self._watch_certificate)
-            nursery.start_soon(self._repush_worker)
+            nursery.start_soon(_outlasting_store_faults, self._watch_certificate)
+            nursery.start_soon(_outlasting_store_faults, self._repush_worker)
             nursery.start_soon(self._expiry_warner)
-            nursery.start_soon(self._summary_refresher)
+            nursery.start_soon(_outlasting_store_faults, self._summary_refresher)
             nursery.start_soon(self._health_watcher)
             task_status.started(self)
 
@@ -302,6 +303,8 @@ class PushService:
             return await self._push(ids)
         except StoreClosed:
             log.info("push_outcomes_not_recorded", count=len(ids), reason="shutting down")
+        except StoreUnavailable as exc:  # the pushes went out; their outcomes are not recorded
+            log.warning("push_outcomes_not_recorded", count=len(ids), reason=exc.reason)
         except Exception as e:  # noqa: BLE001 - a failed batch must not take the server down
             log.exception("push_batch_failed", count=len(ids), error=repr(e))
         return None
@@ -389,6 +392,17 @@ class PushService:
         else:
             metrics.push_cert_days_left.set((cert.not_after - now()).total_seconds() / 86400)
             metrics.push_cert_not_after.set(cert.not_after.timestamp())
+
+
+async def _outlasting_store_faults(loop) -> None:
+    """Runs a periodic loop that reads the database: a storage fault pauses it, never ends it (nor the process)."""
+    while True:
+        try:
+            await loop()
+        except StoreUnavailable as exc:
+            log.warning("push_worker_waiting", worker=loop.__name__.strip("_"), reason=exc.reason,
+                        retry_in_seconds=exc.retry_after)
+            await trio.sleep(exc.retry_after)
 
 
 async def run_push(runtime, *, task_status=trio.TASK_STATUS_IGNORED) -> None:

@@ -11,7 +11,8 @@ from werkzeug.exceptions import HTTPException
 
 from appliance.logs import get_logger
 from appliance.runtime import Runtime
-from appliance.web.errors import ApiError, api_error, slug, text_error
+from appliance.store.faults import StoreUnavailable
+from appliance.web.errors import ApiError, api_error, slug, text_error, unavailable
 
 log = get_logger("http")
 
@@ -65,6 +66,12 @@ def create_app(rt: Runtime, roles: frozenset[str] = ALL_ROLES) -> Quart:
         if request.path.startswith("/v1") or isinstance(exc, ApiError):  # ApiError: /metrics too
             return api_error(exc.code or 500, getattr(exc, "error_code", None) or slug(exc), exc.description or "")
         return text_error(exc.code or 500, exc.description or exc.name)
+
+    @app.errorhandler(StoreUnavailable)
+    async def _store_unavailable(exc: StoreUnavailable) -> Response:
+        # Disk full, I/O error, a lock held elsewhere: not the client's mistake and not a crash (logged once
+        # by the store when the fault begins; /healthz and /metrics show it).
+        return unavailable(exc, api=request.path.startswith("/v1") or request.path == "/metrics")
 
     @app.errorhandler(Exception)
     async def _crash(exc: Exception) -> Response:

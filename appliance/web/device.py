@@ -4,7 +4,8 @@ Both route by Content-Type, so a profile without a CheckInURL (check-ins go to S
 `application/x-apple-aspen-mdm-checkin` is a check-in, anything else a command report.
 Order per request: body (413 over [server] max_body_size, without reading the rest into memory),
 who is speaking (400 malformed, 403 untrusted), what was said (400 naming the key), then one
-transaction; 200 only after it committed. Never 401: a device answered 401 drops its enrollment.
+transaction; 200 only after it committed, 503 with Retry-After when the database cannot take it (disk
+full, I/O error, locked: nothing stored). Never 401: a device answered 401 drops its enrollment.
 
 Served as plain ASGI in front of quart (create_app installs DeviceEndpoints as app.asgi_app): this is
 the appliance's hot path, and quart's request context, routing, hooks and response objects cost about
@@ -28,7 +29,9 @@ from appliance.protocol.messages import decode_checkin, decode_report
 from appliance.protocol.profile import CHECKIN_PATH, SERVER_PATH
 from appliance.service import mdm
 from appliance.service.certauth import CertificateNotBound, Presented
+from appliance.store.faults import StoreUnavailable
 from appliance.web.app import record_request
+from appliance.web.errors import unavailable_reason
 from appliance.web.identify import device_certificate
 
 log = get_logger("device")
@@ -41,10 +44,11 @@ BODY_TIMEOUT = 60  # seconds to receive a whole body, as quart's BODY_TIMEOUT fo
 class _Reply:
     """What is sent back, and what the request log line says about it."""
 
-    __slots__ = ("status", "body", "content_type", "close", "enrollment_id", "command_uuid")
+    __slots__ = ("status", "body", "content_type", "close", "retry_after", "enrollment_id", "command_uuid")
 
     def __init__(self, status: int, body: bytes = b"", content_type: str | None = None, *, close: bool = False):
         self.status, self.body, self.content_type, self.close = status, body, content_type, close
+        self.retry_after: int | None = None
         self.enrollment_id: str | None = None
         self.command_uuid: str | None = None
 
@@ -76,6 +80,8 @@ class DeviceEndpoints:
             headers.append((b"allow", b"PUT"))
         if reply.close:
             headers.append((b"connection", b"close"))
+        if reply.retry_after is not None:
+            headers.append((b"retry-after", str(reply.retry_after).encode()))
         client = scope.get("client")
         # Before sending, as quart's after_request: the line is written when the device has its answer.
         record_request(self.rt, rule=scope["path"], method=scope["method"], path=scope["path"],
@@ -125,6 +131,11 @@ class DeviceEndpoints:
             reply = self._refuse(scope, exc.status, exc.reason)
         except MessageError as exc:
             reply = self._refuse(scope, exc.status, exc.reason, checkin=is_checkin)
+        except StoreUnavailable as exc:
+            # Disk full, I/O error, a lock held elsewhere: nothing was stored, and the device sends the same
+            # message again later (a report answered 503 is not lost).
+            reply = self._refuse(scope, 503, unavailable_reason(exc), checkin=is_checkin)
+            reply.retry_after = exc.retry_after
         else:
             reply = _answer(answer)
         reply.enrollment_id = message.enrollment.id

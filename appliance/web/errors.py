@@ -8,6 +8,8 @@ import json
 from quart import Response
 from werkzeug.exceptions import HTTPException
 
+from appliance.store.faults import StoreUnavailable
+
 
 class ApiError(HTTPException):
     """Raise from a /v1 handler: answered as JSON with a stable code."""
@@ -29,6 +31,18 @@ def api_error(status: int, code: str, message: str) -> Response:
 
 def text_error(status: int, reason: str) -> Response:
     return Response(reason + "\n", status=status, content_type="text/plain; charset=utf-8")
+
+
+def unavailable(exc: StoreUnavailable, *, api: bool) -> Response:
+    """503 for a storage fault: nothing of the request was stored, so the same request may simply come again."""
+    reason = unavailable_reason(exc)
+    response = api_error(503, "storage_unavailable", reason) if api else text_error(503, reason)
+    response.headers["Retry-After"] = str(exc.retry_after)
+    return response
+
+
+def unavailable_reason(exc: StoreUnavailable) -> str:
+    return f"{exc.cause}: nothing of this request was stored; try again in {exc.retry_after} s"
 
 
 def slug(exc: HTTPException) -> str:

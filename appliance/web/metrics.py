@@ -8,6 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from quart import Blueprint, Response
 
 from appliance.store import fleet, outbox
+from appliance.store.faults import StoreUnavailable
 from appliance.web.app import runtime
 from appliance.web.auth import require_api_key
 
@@ -30,7 +31,9 @@ async def metrics():
     collector = rt.metrics.fleet
     # One scrape at a time: each adds the results stored since the previous one to the running counts.
     async with collector.lock:
-        snap = await rt.store.read(_snapshot, collector.results_rowid)
-        collector.update(snap)
+        try:
+            collector.update(await rt.store.read(_snapshot, collector.results_rowid))
+        except StoreUnavailable:
+            pass  # the database figures stay those of the last scrape; mdm_store_status says why
         body = rt.metrics.render()
     return Response(body, status=200, content_type=CONTENT_TYPE_LATEST)

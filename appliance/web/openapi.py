@@ -29,6 +29,9 @@ def _error(description: str) -> dict:
 _STD_ERRORS = {
     "400": _error("The request is wrong as a whole (the message says how)."),
     "401": _error("Missing or wrong API key."),
+    "503": _error("The database cannot take the request now (disk full, I/O error, locked by another "
+                  "process; code storage_unavailable): nothing of it was stored. Send it again after the "
+                  "Retry-After header's seconds."),
 }
 _LIMIT = {"name": "limit", "in": "query", "required": False,
           "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
@@ -252,7 +255,8 @@ PATHS: dict = {
             "summary": "Cancel a command wherever it is still pending.",
             "parameters": [_UUID],
             "responses": {"200": _json(_ref("Cancelled"), "How many queue rows were taken off."),
-                          "404": _error("No such command."), "401": _STD_ERRORS["401"]},
+                          "404": _error("No such command."), "401": _STD_ERRORS["401"],
+                          "503": _STD_ERRORS["503"]},
         },
     },
     "/v1/devices": {"get": {
@@ -268,7 +272,8 @@ PATHS: dict = {
         "summary": "One device with its channels (device and users) and identity certificate.",
         "parameters": [_DEVICE_ID],
         "responses": {"200": _json(_ref("DeviceDetail"), "The device."), "404": _error("No such device."),
-                      "401": _STD_ERRORS["401"]},
+                      "401": _STD_ERRORS["401"],
+                      "503": _STD_ERRORS["503"]},
     }},
     "/v1/devices/{device_id}/commands": {"get": {
         "summary": "Pending and past commands of a device (all its channels) or of one user channel, newest first.",
@@ -280,7 +285,8 @@ PATHS: dict = {
         "summary": "Take every pending command off one enrollment's queue.",
         "parameters": [_ENROLLMENT_ID],
         "responses": {"200": _json(_ref("Cleared"), "How many were taken off."),
-                      "404": _error("No such enrollment."), "401": _STD_ERRORS["401"]},
+                      "404": _error("No such enrollment."), "401": _STD_ERRORS["401"],
+                      "503": _STD_ERRORS["503"]},
     }},
     "/v1/push/{ids}": {
         method: {
@@ -291,11 +297,12 @@ PATHS: dict = {
             "parameters": [{"name": "ids", "in": "path", "required": True, "schema": {"type": "string"},
                             "description": "Comma-separated enrollment ids (at most 10,000)."}],
             "responses": {
+                **_STD_ERRORS,
                 "200": _json(_ref("PushAnswer"), "Every push accepted by APNs (push_result: apns-id)."),
                 "207": _json(_ref("PushAnswer"), "Some pushes failed."),
                 "500": _json(_ref("PushAnswer"), "Every push failed (NanoMDM's code)."),
-                "503": _error("The push service is not running."),
-                **_STD_ERRORS,
+                "503": _error("The push service is not running (code push_unavailable), or the database cannot "
+                              "take the request now (code storage_unavailable; see Retry-After)."),
             },
         } for method in ("get", "post")
     },
@@ -314,12 +321,14 @@ PATHS: dict = {
             "responses": {"200": _json(_ref("PushCert"), "Topic and expiry."),
                           "404": _error("No push certificate imported yet."),
                           "500": _error("The stored certificate cannot be read."),
-                          "401": _STD_ERRORS["401"]},
+                          "401": _STD_ERRORS["401"],
+                          "503": _STD_ERRORS["503"]},
         },
     },
     "/v1/challenges": {"post": {
         "summary": "Mint a one-time SCEP challenge.",
-        "responses": {"201": _json(_ref("Challenge"), "The challenge."), "401": _STD_ERRORS["401"]},
+        "responses": {"201": _json(_ref("Challenge"), "The challenge."), "401": _STD_ERRORS["401"],
+                      "503": _STD_ERRORS["503"]},
     }},
     "/v1/openapi.json": {"get": {
         "summary": "This document.", "security": [],

@@ -31,6 +31,7 @@ from appliance import __version__
 from appliance.logs import get_logger
 from appliance.store import outbox
 from appliance.store.db import StoreClosed
+from appliance.store.faults import StoreUnavailable
 from appliance.store.timefmt import from_text, now, now_text, to_text
 
 log = get_logger("webhook")
@@ -91,20 +92,29 @@ class WebhookWorker:
         async with self._client() as client:
             task_status.started()
             while True:
-                heads = await self.runtime.store.read(outbox.due_heads, now_text(), BATCH)
-                if not heads:
-                    await self._idle()
-                    continue
-                delivered, failures = await self._round(client, heads)
-                await self.runtime.store.write(_record, delivered, failures)
-                if delivered or not failures:
-                    self._failed_rounds = 0
-                else:
-                    self._failed_rounds += 1
-                    pause = backoff(self._failed_rounds, self.config.retry_initial, self.config.retry_max)
-                    log.warning("webhook_receiver_failing", url=safe_url(self.config.url), pause_seconds=f"{pause:.1f}",
-                                failed=len(failures), reason=failures[0][2])
-                    await trio.sleep(pause)
+                try:
+                    await self._step(client)
+                except StoreUnavailable as exc:
+                    # Disk full, say: events stay in the outbox (a delivered one not yet marked is sent
+                    # again: at least once) and the worker waits for the database, never dies of it.
+                    log.warning("webhook_worker_waiting", reason=exc.reason, retry_in_seconds=exc.retry_after)
+                    await trio.sleep(exc.retry_after)
+
+    async def _step(self, client: httpx.AsyncClient) -> None:
+        heads = await self.runtime.store.read(outbox.due_heads, now_text(), BATCH)
+        if not heads:
+            await self._idle()
+            return
+        delivered, failures = await self._round(client, heads)
+        await self.runtime.store.write(_record, delivered, failures)
+        if delivered or not failures:
+            self._failed_rounds = 0
+        else:
+            self._failed_rounds += 1
+            pause = backoff(self._failed_rounds, self.config.retry_initial, self.config.retry_max)
+            log.warning("webhook_receiver_failing", url=safe_url(self.config.url), pause_seconds=f"{pause:.1f}",
+                        failed=len(failures), reason=failures[0][2])
+            await trio.sleep(pause)
 
     async def _idle(self) -> None:
         due = from_text(await self.runtime.store.read(outbox.next_attempt_at))

@@ -54,10 +54,13 @@ class Requester:
     challenge: str | None = None
     key: rsa.RSAPrivateKey = field(default_factory=lambda: rsa.generate_private_key(65537, 2048))
     extra_csr_bytes: int = 0  # pads the CSR (a long OU) to make big requests
+    extra_subject_bytes: int = 0  # pads the subject, which the issued certificate repeats (a big record)
 
     def __post_init__(self) -> None:
         name_attrs = [x509.NameAttribute(NameOID.COMMON_NAME, self.common_name),
                       x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Test Org")]
+        name_attrs += [x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, f"unit {i:04d} " + "x" * 50)
+                       for i in range(self.extra_subject_bytes // 60)]
         subject = x509.Name(name_attrs)
         now = dt.datetime.now(dt.timezone.utc)
         self.self_signed = (

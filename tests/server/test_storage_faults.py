@@ -21,7 +21,7 @@ from trio.testing import wait_all_tasks_blocked
 
 from appliance.store import scep as scep_store
 from appliance.supervisor import status_line
-from tests.support import scep_client
+from tests.support import apns_certs, scep_client
 from tests.support.full_disk import PageLimit, Tmpfs
 from tests.support.mdm_support import MdmServer, command_body, start_mdm_server
 
@@ -44,7 +44,9 @@ async def _full_server(nursery, tmp_path, kind: str) -> tuple[MdmServer, Tmpfs |
     tmpfs = Tmpfs.mount(tmp_path / "disk") if kind == "tmpfs" else None
     try:
         data_dir = str(tmpfs.path / "state") if tmpfs else "state"
-        return await start_mdm_server(nursery, tmp_path, storage={"data_dir": data_dir}), tmpfs
+        # APNs at a closed port: a test that imports a push certificate must not reach out to Apple.
+        return await start_mdm_server(nursery, tmp_path, storage={"data_dir": data_dir},
+                                      apns={"url": "https://127.0.0.1:9"}), tmpfs
     except BaseException:
         if tmpfs:
             tmpfs.unmount()
@@ -174,7 +176,12 @@ async def test_every_route_that_writes_answers_503_on_a_full_disk(tmpfs_full):
             full.server.api_client() as api:
         ca = x509.load_der_x509_certificate((await http.get("/scep", params={"operation": "GetCACert"})).content)
         scep = scep_client.pkcs_req(scep_client.Requester(challenge="test-challenge"), ca)
+        push = apns_certs.make_push_cert(apns_certs.make_ca())
+        push_pem = push.cert_pem + push.key_pem
+        assert (await api.put("/v1/pushcert", content=push_pem)).status_code == 200  # the profile needs a topic
         await full.disk.fill()
+        assert_unavailable(await api.put("/v1/pushcert", content=push_pem), json=True)
+        assert_unavailable(await http.get("/mdm/enroll", params={"token": "test-enroll-secret"}), json=False)
         assert_unavailable(await api.put(f"/v1/enqueue/{UDID}", content=command_body(str(uuid.uuid4()))),
                            json=True)
         assert_unavailable(await api.post("/v1/commands", json={

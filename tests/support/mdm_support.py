@@ -57,9 +57,11 @@ async def start_mdm_server(nursery, tmp_path: Path, **overrides: dict) -> MdmSer
 class ServerProcess:
     """`python -m appliance serve` as a child process (for crash tests and benchmarks); log in log_path."""
 
-    def __init__(self, config_path: Path, port: int, log_path: Path, python_args: tuple[str, ...] = ()) -> None:
+    def __init__(self, config_path: Path, port: int, log_path: Path, python_args: tuple[str, ...] = (),
+                 env: dict[str, str] | None = None) -> None:
         self.config_path, self.port, self.log_path = config_path, port, log_path
         self.python_args = python_args  # e.g. ("-m", "cProfile", "-o", "serve.prof") for benchmarks
+        self.env = env or {}  # e.g. NOTIFY_SOCKET, LD_PRELOAD
         self.process: subprocess.Popen | None = None
 
     @property
@@ -67,7 +69,7 @@ class ServerProcess:
         return f"https://127.0.0.1:{self.port}"
 
     async def start(self, timeout: float = 30) -> None:
-        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), **self.env}
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, *self.python_args, "-m", "appliance", "serve", "--config", str(self.config_path)],

@@ -23,7 +23,9 @@ from appliance.store import scep as scep_store
 from appliance.supervisor import status_line
 from tests.support import apns_certs, scep_client
 from tests.support.full_disk import PageLimit, Tmpfs
+from tests.support.harness import free_port
 from tests.support.mdm_support import MdmServer, command_body, start_mdm_server
+from tests.support.webhook_receiver import Receiver, Running
 
 UDID = "STORAGE-FAULT-UDID-0001"
 PKI = "/scep?operation=PKIOperation"
@@ -40,13 +42,13 @@ class Full:
         return self.mdm.server
 
 
-async def _full_server(nursery, tmp_path, kind: str) -> tuple[MdmServer, Tmpfs | None]:
+async def _full_server(nursery, tmp_path, kind: str, **overrides) -> tuple[MdmServer, Tmpfs | None]:
     tmpfs = Tmpfs.mount(tmp_path / "disk") if kind == "tmpfs" else None
     try:
         data_dir = str(tmpfs.path / "state") if tmpfs else "state"
         # APNs at a closed port: a test that imports a push certificate must not reach out to Apple.
         return await start_mdm_server(nursery, tmp_path, storage={"data_dir": data_dir},
-                                      apns={"url": "https://127.0.0.1:9"}), tmpfs
+                                      apns={"url": "https://127.0.0.1:9"}, **overrides), tmpfs
     except BaseException:
         if tmpfs:
             tmpfs.unmount()
@@ -196,6 +198,30 @@ async def test_every_route_that_writes_answers_503_on_a_full_disk(tmpfs_full):
         await full.disk.free()
         assert (await device.idle()).status == 200
         assert (await api.post("/v1/challenges")).status_code == 201
+
+
+async def test_the_webhook_worker_waits_out_a_full_disk_instead_of_ending_the_process(tmp_path, nursery):
+    receiver = Receiver(port=free_port(), status=500)
+    async with Running(receiver):
+        mdm, tmpfs = await _full_server(nursery, tmp_path, "tmpfs", webhook={
+            "url": f"http://127.0.0.1:{receiver.port}/events", "retry_initial": 0.05, "retry_max": 0.1})
+        try:
+            store = mdm.server.runtime.store
+            async with await enrolled(mdm) as device:
+                await receiver.wait_for(lambda: receiver.attempts >= 1)  # the receiver fails: kept, retried
+                await tmpfs.fill()
+                # The outbox cannot record the next attempt: the worker must pause, not crash the server.
+                with trio.fail_after(20):
+                    while store.refused["disk_full"] == 0:
+                        await trio.sleep(0.05)
+                async with mdm.server.client() as http:
+                    assert (await http.get("/healthz")).json()["checks"]["store"]["fault"] == "disk_full"
+                await tmpfs.free()
+                assert (await device.idle()).status == 200
+            assert not mdm.server.finished.is_set()
+        finally:
+            await mdm.server.aclose()
+            tmpfs.unmount()
 
 
 # --- a job that loses the batch's transaction (the group-commit lie) -------------------------------------

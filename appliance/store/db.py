@@ -160,7 +160,8 @@ class Store:
         self._jobs.put(job)
         # Shielded: a submitted job either never starts (its deadline passed while it waited behind other
         # work: StoreUnavailable, nothing done) or runs to its end, and its caller learns the outcome
-        # whatever happens to the caller meanwhile. A started job ends within busy_timeout plus its own work.
+        # whatever happens to the caller meanwhile. A started job ends with its batch: the lock waits in it are
+        # bounded by busy_timeout, and only a disk that never answers can hold it longer.
         with trio.CancelScope(shield=True):
             with trio.move_on_after(self.queue_deadline):
                 await job.done.wait()

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from appliance.protocol import plist
+from appliance.protocol.commands import command_uuid_problem
 from appliance.protocol.enrollment import Enrollment, resolve
 from appliance.protocol.errors import MessageError, UnknownMessageType
 
@@ -231,8 +232,10 @@ def decode_report(raw: bytes) -> Report:
         shown = status if len(status) <= 64 and status.isprintable() else repr(status[:64])
         raise MessageError(f"unknown Status {shown} (expected one of {', '.join(STATUSES)})")
     command_uuid = _text(message, "CommandUUID", required=status != IDLE)
-    if command_uuid is not None and (len(command_uuid) > 256 or not command_uuid.isprintable()):
-        raise MessageError("key CommandUUID is not a printable string of at most 256 characters")
+    if command_uuid:
+        problem = command_uuid_problem(command_uuid)  # the same limit as on enqueue
+        if problem:
+            raise MessageError(f"key {problem}")
     enrollment = resolve(message)
     return Report(status, command_uuid or None, enrollment, _error_chain(message), bytes(raw), message)
 

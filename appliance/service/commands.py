@@ -13,14 +13,10 @@ one (PROTOCOL.md section 9).
 from __future__ import annotations
 
 import json
-import re
-import uuid
-from dataclasses import dataclass
 from typing import Any
 
 from appliance.logs import get_logger
-from appliance.protocol import plist
-from appliance.protocol.plistjson import from_json
+from appliance.protocol.commands import Command
 from appliance.store import fleet, queue
 
 log = get_logger("commands")
@@ -32,60 +28,12 @@ PUSH_ANSWER_SECONDS = 3.0
 
 
 class BadCommand(ValueError):
-    """The request as a whole is wrong (a 400 with this reason)."""
+    """The enrollment ids of the request are wrong as a whole (a 400 with this reason). What is wrong with
+    the command itself is appliance.protocol.commands' MessageError."""
 
 
 class DuplicateCommand(ValueError):
     """The CommandUUID was used before (a 409)."""
-
-
-@dataclass(frozen=True)
-class Command:
-    uuid: str
-    request_type: str
-    body: bytes
-
-
-def parse_command(body: bytes, max_size: int | None = None) -> Command:
-    """A raw command plist as NanoMDM takes it: {CommandUUID, Command: {RequestType, ...}}."""
-    try:
-        document = plist.load_dict(body, max_size=max_size)
-    except plist.PlistError as exc:
-        raise BadCommand(f"body is not a command property list: {exc}") from None
-    return Command(*_check(document), body=bytes(body))
-
-
-def _check(document: dict) -> tuple[str, str]:
-    command_uuid = document.get("CommandUUID")
-    if not isinstance(command_uuid, str) or not command_uuid.strip():
-        raise BadCommand("the command has no CommandUUID string")
-    if len(command_uuid) > 128:
-        raise BadCommand("CommandUUID is longer than 128 characters")
-    inner = document.get("Command")
-    if not isinstance(inner, dict):
-        raise BadCommand("the command has no Command dictionary")
-    request_type = inner.get("RequestType")
-    if not isinstance(request_type, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9.]{0,127}", request_type):
-        raise BadCommand("Command.RequestType is missing or not a name like \"DeviceInformation\"")
-    return command_uuid, request_type
-
-
-def build_command(command: Any, command_uuid: str | None = None) -> Command:
-    """The JSON convenience form ({"RequestType": ..., keys...}, binary as {"$data": base64}) -> a command
-    plist with a generated CommandUUID (or the caller's)."""
-    if not isinstance(command, dict):
-        raise BadCommand("\"command\" must be an object with a RequestType")
-    try:
-        inner = from_json(command, "command")
-    except ValueError as exc:
-        raise BadCommand(str(exc)) from None
-    document = {"CommandUUID": command_uuid or str(uuid.uuid4()), "Command": inner}
-    uuid_text, request_type = _check(document)
-    try:
-        body = plist.dump(document)
-    except (ValueError, TypeError, OverflowError) as exc:  # e.g. control characters, which XML cannot hold
-        raise BadCommand(f"the command cannot be written as a property list: {exc}") from None
-    return Command(uuid_text, request_type, body)
 
 
 def split_ids(path_ids: str) -> list[str]:

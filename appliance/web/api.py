@@ -1,4 +1,5 @@
-"""The admin API under /v1: enqueue (NanoMDM's raw form and a JSON form), devices, commands, queues.
+"""The admin API under /v1: enqueue (NanoMDM's raw form and a JSON form), the command catalog, devices,
+commands, queues.
 
 Every route needs the API key (appliance.web.auth); errors are JSON {"error": {"code", "message"}}.
 Lists page by an opaque cursor: pass the answer's next_cursor back as ?cursor= until it is null.
@@ -12,7 +13,9 @@ import json
 
 from quart import Blueprint, Response, jsonify, request
 
-from appliance.protocol import plist
+from appliance.protocol import catalog, plist
+from appliance.protocol import commands as command_rules
+from appliance.protocol.errors import MessageError
 from appliance.protocol.plistjson import JsonPlistError, to_json
 from appliance.service import commands
 from appliance.store import fleet, queue
@@ -35,8 +38,8 @@ async def enqueue_raw(ids: str):
     rt = runtime()
     try:
         enrollment_ids = commands.split_ids(ids)
-        command = commands.parse_command(await request.get_data(), rt.config.server.max_body_size)
-    except commands.BadCommand as exc:
+        command = command_rules.parse_command(await request.get_data(), max_size=rt.config.server.max_body_size)
+    except (commands.BadCommand, MessageError) as exc:
         raise ApiError(400, "bad_command", str(exc)) from None
     return await _enqueue(command, enrollment_ids, _flag("nopush"))
 
@@ -58,18 +61,31 @@ async def enqueue_json():
         raise ApiError(400, "bad_request", "\"command_uuid\" must be a non-empty string (or left out)")
     try:
         enrollment_ids = commands.check_ids(ids)
-        command = commands.build_command(document.get("command"), command_uuid)
-    except commands.BadCommand as exc:
+        command = command_rules.build_command(document.get("command"), command_uuid)
+    except (commands.BadCommand, MessageError) as exc:
         raise ApiError(400, "bad_command", str(exc)) from None
     return await _enqueue(command, enrollment_ids, no_push)
 
 
-async def _enqueue(command: commands.Command, enrollment_ids: list[str], no_push: bool):
+async def _enqueue(command: command_rules.Command, enrollment_ids: list[str], no_push: bool):
+    if _flag("strict"):
+        # Opt-in: any raw command stays accepted without it (NanoMDM compatibility).
+        try:
+            catalog.check(command.command)
+        except catalog.CatalogError as exc:
+            raise ApiError(400, "bad_command", str(exc)) from None
     try:
         code, answer = await commands.enqueue(runtime(), command, enrollment_ids, no_push=no_push)
     except commands.DuplicateCommand as exc:
         raise ApiError(409, "command_exists", str(exc)) from None
     return jsonify(answer), code
+
+
+@blueprint.get("/v1/catalog")
+@require_api_key
+async def get_catalog():
+    """The commands the appliance knows, with their keys, platforms and whether they are destructive."""
+    return jsonify(catalog.to_json())
 
 
 # --- devices ---------------------------------------------------------------------------------------

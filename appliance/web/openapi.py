@@ -43,6 +43,10 @@ _DEVICE_ID = {"name": "device_id", "in": "path", "required": True, "schema": {"t
 _ENROLLMENT_ID = {"name": "device_id", "in": "path", "required": True, "schema": {"type": "string"},
                   "description": "A device id, or a user channel's enrollment id (\"UDID:UserID\")."}
 _UUID = {"name": "command_uuid", "in": "path", "required": True, "schema": {"type": "string"}}
+_STRICT = {"name": "strict", "in": "query", "required": False, "schema": {"type": "string"},
+           "description": "Any value but empty/0/false: check the command against GET /v1/catalog (RequestType, "
+                          "key names, types, allowed values, required keys) and answer 400 naming the key "
+                          "that does not fit. Without it any command is queued, as NanoMDM does."}
 
 _ENQUEUE_ANSWER = {
     "200": _json(_ref("EnqueueAnswer"), "Every id queued (and pushed, or its push scheduled)."),
@@ -101,8 +105,44 @@ SCHEMAS: dict = {
                                                        "pattern": r"^[A-Za-z][A-Za-z0-9.]{0,127}$"}},
                         "description": "The Command dictionary as JSON. Binary values as {\"$data\": "
                                        "\"<base64>\"}, dates as {\"$date\": \"2026-01-01T00:00:00Z\"}."},
-            "command_uuid": {"type": "string", "description": "Default: a new random UUID."},
+            "command_uuid": {"type": "string", "description": "At most 256 printable characters (as in reports). Default: a new random UUID."},
             "no_push": {"type": "boolean", "default": False},
+        },
+    },
+    "CatalogKey": {
+        "type": "object", "required": ["name", "type", "required", "platforms", "allowed", "default", "keys", "items"],
+        "properties": {
+            "name": {"type": "string"},
+            "type": {"type": "string", "enum": ["string", "integer", "real", "boolean", "data", "date", "array",
+                                                "dictionary", "any"]},
+            "required": {"type": "boolean"},
+            "platforms": {"type": "array", "items": {"type": "string"}, "description": "Where the key applies."},
+            "allowed": {"type": "array", "items": {}, "description": "The values it may take (empty: any)."},
+            "default": {"nullable": True, "description": "The device's default when the key is left out."},
+            "keys": {"type": "array", "items": _ref("CatalogKey"),
+                     "description": "A dictionary's keys; a dictionary without any is free-form."},
+            "items": {"type": "array", "items": _ref("CatalogKey"),
+                      "description": "An array's item shapes; with several, each item is one of them."},
+        },
+    },
+    "CatalogCommand": {
+        "type": "object", "required": ["request_type", "category", "summary", "destructive", "platforms", "keys"],
+        "properties": {
+            "request_type": {"type": "string"}, "category": {"type": "string"}, "summary": {"type": "string"},
+            "destructive": {"type": "boolean", "description": "Takes data, access or availability away from "
+                            "the device's user: the CLI asks before sending it to several devices or a group."},
+            "platforms": {"type": "array", "items": {"type": "object", "required": ["name", "introduced", "supervised"],
+                          "properties": {"name": {"type": "string"}, "introduced": {"type": "string"},
+                                         "supervised": {"type": "boolean"}}}},
+            "keys": {"type": "array", "items": _ref("CatalogKey")},
+        },
+    },
+    "Catalog": {
+        "type": "object", "required": ["source", "categories", "commands"],
+        "properties": {
+            "source": {"type": "string", "description": "The Apple schema release the facts come from."},
+            "categories": {"type": "array", "items": {"type": "string"}},
+            "commands": {"type": "array", "items": _ref("CatalogCommand")},
         },
     },
     "Device": {
@@ -219,14 +259,19 @@ PATHS: dict = {
              "description": "Comma-separated enrollment ids; empty entries are skipped."},
             {"name": "nopush", "in": "query", "required": False, "schema": {"type": "string"},
              "description": "Any value but empty/0/false: queue without pushing."},
+            _STRICT,
         ],
-        "requestBody": {"required": True, "description": "A command plist: CommandUUID and Command with RequestType.",
+        "requestBody": {"required": True, "description": "A command plist: CommandUUID (at most 256 printable "
+                        "characters, as in reports) and Command with RequestType. An XML plist in UTF-8 is "
+                        "queued byte for byte; a binary plist (or XML in another encoding) is rewritten as "
+                        "XML, which devices get, and refused (400) when XML cannot hold it.",
                         "content": {"application/xml": {"schema": {"type": "string", "format": "binary"},
                                                         "example": _EXAMPLE_PLIST}}},
         "responses": _ENQUEUE_ANSWER,
     }},
     "/v1/commands": {"post": {
         "summary": "Enqueue a command given as JSON; the CommandUUID is generated.",
+        "parameters": [_STRICT],
         "requestBody": {"required": True, "content": {"application/json": {
             "schema": _ref("CommandRequest"),
             "example": {"enrollment_ids": ["99385AF6-44CB-5621-A678-A321F4D9A2C8"],
@@ -259,6 +304,13 @@ PATHS: dict = {
                           "503": _STD_ERRORS["503"]},
         },
     },
+    "/v1/catalog": {"get": {
+        "summary": "The command catalog: each command's keys (type, required, allowed values, nested keys), "
+                   "platforms, and whether it is destructive.",
+        "description": "Facts from Apple's device-management schema. ?strict=1 on the enqueue routes checks "
+                       "commands against it.",
+        "responses": {"200": _json(_ref("Catalog"), "The catalog."), "401": _STD_ERRORS["401"]},
+    }},
     "/v1/devices": {"get": {
         "summary": "Devices, paged, filterable.",
         "parameters": [_LIMIT, _CURSOR,

@@ -7,7 +7,6 @@ import plistlib
 import pytest
 
 from appliance.protocol import answers, messages
-from appliance.protocol.commands import parse_command
 from appliance.protocol.enrollment import SHARED_IPAD_USER_ID, resolve
 from appliance.protocol.errors import MessageError, UnknownMessageType
 
@@ -151,17 +150,3 @@ def test_answers():
     assert "'\\x00" in answers.token_service_not_offered("\x00" * 100).body.decode()
     with pytest.raises(AssertionError):
         answers.refusal(401, "never")
-
-
-def test_parse_command():
-    body = plistlib.dumps({"CommandUUID": "C1", "Command": {"RequestType": "DeviceLock", "PIN": "123456"}})
-    command = parse_command(body)
-    assert (command.uuid, command.request_type, command.body) == ("C1", "DeviceLock", body)
-    for bad, reason in [
-        (plistlib.dumps({"Command": {"RequestType": "X"}}), "CommandUUID"),
-        (plistlib.dumps({"CommandUUID": "C", "Command": "x"}), "Command dictionary"),
-        (plistlib.dumps({"CommandUUID": "C", "Command": {}}), "RequestType"),
-        (plistlib.dumps({"CommandUUID": "C", "Command": {"RequestType": "X"}}, fmt=plistlib.FMT_BINARY), "XML"),
-    ]:
-        with pytest.raises(MessageError, match=reason):
-            parse_command(bad)

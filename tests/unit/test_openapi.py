@@ -34,7 +34,7 @@ async def test_served_document_is_the_one_we_check(server):
     paths = set(served["paths"])
     assert {"/v1/enqueue/{ids}", "/v1/commands", "/v1/commands/{command_uuid}", "/v1/devices",
             "/v1/devices/{device_id}", "/v1/devices/{device_id}/commands", "/v1/devices/{device_id}/queue",
-            "/v1/push/{ids}", "/v1/pushcert", "/v1/challenges"} <= paths
+            "/v1/push/{ids}", "/v1/pushcert", "/v1/challenges", "/v1/catalog"} <= paths
 
 
 def _shape(path: str) -> str:

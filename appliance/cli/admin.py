@@ -22,7 +22,10 @@ import click
 from appliance.bootstrap import DB_FILE
 from appliance.cli import main
 from appliance.cli.common import ApiClient, CliError, config_option, load_config_or_exit
-from appliance.protocol.plistjson import DATA
+from appliance.protocol import catalog, results
+from appliance.protocol.commands import parse_command
+from appliance.protocol.errors import MessageError
+from appliance.protocol.plistjson import DATA, JsonPlistError, from_json, to_json
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON (for scripts) instead of a table.")
 
@@ -35,13 +38,13 @@ def _print_json(value) -> None:
     click.echo(json.dumps(value, indent=2, ensure_ascii=False))
 
 
-def _table(rows: list[dict], columns: list[tuple[str, str]]) -> None:
+def _table(rows: list[dict], columns: list[tuple[str, str]], indent: str = "") -> None:
     """A plain aligned table; columns are (key, heading)."""
     cells = [[_cell(row.get(key)) for key, _ in columns] for row in rows]
     widths = [max([len(heading)] + [len(line[i]) for line in cells]) for i, (_, heading) in enumerate(columns)]
-    click.echo("  ".join(heading.ljust(width) for (_, heading), width in zip(columns, widths)).rstrip())
+    click.echo(indent + "  ".join(heading.ljust(width) for (_, heading), width in zip(columns, widths)).rstrip())
     for line in cells:
-        click.echo("  ".join(value.ljust(width) for value, width in zip(line, widths)).rstrip())
+        click.echo(indent + "  ".join(value.ljust(width) for value, width in zip(line, widths)).rstrip())
 
 
 def _cell(value) -> str:
@@ -129,13 +132,24 @@ def device(config_path, as_json, device_id) -> None:
         return
     for key, heading in DEVICE_COLUMNS + [("device_name", "NAME"), ("build_version", "BUILD"),
                                           ("authenticated_at", "AUTHENTICATED"), ("enrolled_at", "ENROLLED AT")]:
-        click.echo(f"{heading.lower() + ':':15} {_cell(found.get(key))}")
+        value = _last_push(found) if key == "last_push_result" else _cell(found.get(key))
+        click.echo(f"{heading.lower() + ':':15} {value}")
     certificate = found.get("identity_certificate") or {}
     click.echo(f"{'identity cert:':15} {_cell(certificate.get('subject'))} until {_cell(certificate.get('not_after'))}")
     click.echo("")
     _table(found["enrollments"], [("id", "ENROLLMENT"), ("type", "TYPE"), ("user_short_name", "USER"),
                                   ("active", "ACTIVE"), ("last_seen_at", "LAST SEEN"),
-                                  ("last_push_result", "LAST PUSH"), ("pending_commands", "PENDING")])
+                                  ("last_push_result", "LAST PUSH"), ("last_push_at", "PUSHED AT"),
+                                  ("last_push_error", "PUSH ERROR"), ("pending_commands", "PENDING")])
+
+
+def _last_push(found: dict) -> str:
+    """'failed at 2026-01-02 03:04:05: 400 BadDeviceToken', 'ok at ...', or 'never'."""
+    result = found.get("last_push_result")
+    if result is None:
+        return "never"
+    text = f"{result} at {_cell(found.get('last_push_at'))}"
+    return text + (f": {found['last_push_error']}" if found.get("last_push_error") else "")
 
 
 @main.command("commands")
@@ -154,9 +168,19 @@ def device_commands(config_path, as_json, limit, enrollment_id) -> None:
     if as_json:
         _print_json(page["commands"])
         return
-    _table(page["commands"], [("queued_at", "QUEUED"), ("command_uuid", "COMMAND UUID"),
-                              ("request_type", "TYPE"), ("status", "STATUS"), ("received_at", "ANSWERED"),
-                              ("enrollment_id", "ENROLLMENT")])
+    rows = [{**row, "error": _error_text(results.error_chain(row.get("error_chain")))} for row in page["commands"]]
+    _table(rows, [("queued_at", "QUEUED"), ("command_uuid", "COMMAND UUID"), ("request_type", "TYPE"),
+                  ("status", "STATUS"), ("received_at", "ANSWERED"), ("enrollment_id", "ENROLLMENT"),
+                  ("error", "ERROR")])
+
+
+def _error_text(errors: tuple[results.ErrorEntry, ...]) -> str | None:
+    """The first ErrorChain entry in one line: '12021 MCMDMErrorDomain: The device is locked'."""
+    if not errors:
+        return None
+    first = errors[0]
+    where = " ".join(str(part) for part in (first.code, first.domain) if part is not None)
+    return f"{where}: {first.description}" if first.description else where or None
 
 
 @main.command("command")
@@ -188,21 +212,55 @@ def command(config_path, as_json, raw, enrollment_id, command_uuid) -> None:
                                   ("queued_at", "QUEUED"), ("received_at", "ANSWERED")])
     if found["next_cursor"]:
         click.echo("(first 1000 enrollments shown; --json and the API page through all)", err=True)
+    answered = [row for row in found["enrollments"] if row.get("result") is not None]
+    for row in answered[:RESULTS_SHOWN]:
+        click.echo("")
+        _print_result(row, found["request_type"])
+    if len(answered) > RESULTS_SHOWN:
+        click.echo(f"\n({len(answered) - RESULTS_SHOWN} more answers; --enrollment ID shows one)", err=True)
+
+
+RESULTS_SHOWN = 20  # answers printed in full by `command`; a fleet-wide query is read with --json
+
+
+def _print_result(row: dict, request_type: str) -> None:
+    """One enrollment's answer: status, ErrorChain, then the command's summary (facts and tables)."""
+    try:
+        result = from_json(row["result"])
+    except JsonPlistError:
+        result = None
+    summary = (results.summarize(request_type, result) if isinstance(result, dict)
+               else results.summarize_plist(request_type, result if isinstance(result, bytes) else b""))
+    click.echo(f"{row['enrollment_id']}: {summary.status or row['status']} at {_cell(row.get('received_at'))}")
+    for entry in summary.errors:
+        click.echo(f"  error {_error_text((entry,))}")
+    if summary.facts:
+        width = max(len(label) for label, _ in summary.facts) + 1
+        for label, value in summary.facts:
+            click.echo(f"  {label + ':':{width}} {value}")
+    for table in summary.tables:
+        click.echo(f"  {table.title} ({len(table.rows)})")
+        _table([dict(zip(table.columns, row)) for row in table.rows], [(c, c.upper()) for c in table.columns],
+               indent="    ")
 
 
 # --- acting ----------------------------------------------------------------------------------------
 
-def _value(text: str):
-    """--key VALUE: JSON when it parses (numbers, true, arrays, objects), @FILE for data, else a string."""
+def _raw_value(text: str):
+    """--raw -k KEY VALUE: JSON when it parses (numbers, true, arrays, objects), @FILE for data, else a string."""
     if text.startswith("@"):
-        try:
-            return {DATA: base64.b64encode(Path(text[1:]).read_bytes()).decode("ascii")}
-        except OSError as exc:
-            raise CliError(f"cannot read {text[1:]}: {exc.strerror or exc}") from None
+        return {DATA: base64.b64encode(_read_file(text[1:])).decode("ascii")}
     try:
         return json.loads(text)
     except ValueError:
         return text
+
+
+def _read_file(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def _report_outcomes(answer, as_json: bool, status: int) -> None:
@@ -230,40 +288,147 @@ def _report_outcomes(answer, as_json: bool, status: int) -> None:
         raise CliError(f"{'; '.join(problems)} (HTTP {status})")
 
 
+def _checked(error: MessageError) -> CliError:
+    hint = "; --raw sends it anyway" if isinstance(error, catalog.CatalogError) else ""
+    return CliError(f"{error}{hint}")
+
+
+def _confirm_destructive(request_type: str, ids: list[str], yes: bool) -> None:
+    """A destructive command to more than one enrollment, or to a group, is sent only when confirmed."""
+    groups = [eid for eid in ids if eid.startswith("group:")]
+    if yes or not catalog.is_destructive(request_type) or (len(ids) <= 1 and not groups):
+        return
+    spec = catalog.get(request_type)
+    targets = f"{len(ids) - len(groups)} enrollment(s)"
+    if groups:
+        targets += " and group(s) " + ", ".join(group[len("group:"):] for group in groups)
+    if not sys.stdin.isatty():
+        raise CliError(f"{request_type} is destructive and would go to {targets}: add --yes to send it "
+                       "without a terminal to confirm on")
+    click.echo(f"{request_type}: {spec.summary}", err=True)
+    if not click.confirm(f"Send {request_type} to {targets}?", default=False, err=True):
+        raise CliError(f"{request_type} not sent")
+
+
 @main.command("enqueue")
 @config_option
 @json_option
 @click.argument("ids", nargs=-1, required=True)
 @click.option("--plist", "plist_file", type=click.File("rb"), help="A command plist (CommandUUID + Command), as NanoMDM takes it.")
-@click.option("--type", "request_type", help="Build the command: its RequestType.")
-@click.option("--key", "-k", "keys", nargs=2, multiple=True, metavar="NAME VALUE",
-              help="A key of the built command; VALUE is JSON if it parses, @FILE for data, else a string.")
+@click.option("--type", "request_type", help="Build the command: its RequestType (see `mdm-appliance catalog`).")
+@click.option("--key", "-k", "keys", nargs=2, multiple=True, metavar="KEY VALUE",
+              help="A key of the built command, typed by the catalog (PIN stays a string). Repeat an array key "
+                   "for each item, or give a JSON array; @FILE reads a file for data keys (its bytes) and for "
+                   "dictionary keys (a plist); dictionaries as JSON; booleans true/false; data as base64.")
+@click.option("--raw", is_flag=True, help="Bypass the catalog: any RequestType and key; VALUE is JSON if it "
+                                          "parses, @FILE for data, else a string.")
+@click.option("--yes", "-y", is_flag=True, help="Send a destructive command to several enrollments or a group "
+                                                "without asking (for scripts).")
 @click.option("--nopush", is_flag=True, help="Queue only; the devices get it at their next check-in.")
-def enqueue(config_path, as_json, ids, plist_file, request_type, keys, nopush) -> None:
+def enqueue(config_path, as_json, ids, plist_file, request_type, keys, raw, yes, nopush) -> None:
     """Queue a command for one or many enrollments (ID "-" reads ids from stdin) and push them.
 
+    The command is checked against the catalog (`mdm-appliance catalog TYPE` lists its keys) unless --raw.
+    A destructive command (EraseDevice, DeviceLock, RestartDevice...) to more than one enrollment or to a
+    group asks first on a terminal; scripts pass --yes.
+
     \b
-    mdm-appliance enqueue UDID --type DeviceInformation -k Queries '["OSVersion","SerialNumber"]'
-    mdm-appliance enqueue UDID1 UDID2 --type InstallProfile -k Payload @profile.mobileconfig
+    mdm-appliance enqueue UDID --type DeviceInformation -k Queries OSVersion -k Queries SerialNumber
+    mdm-appliance enqueue UDID --type DeviceLock -k PIN 123456 -k Message "Call IT on 555-0100"
+    mdm-appliance enqueue UDID1 UDID2 --type InstallProfile -k Payload @wifi.mobileconfig
+    mdm-appliance enqueue UDID --type Settings -k Settings '{"Item": "DeviceName", "DeviceName": "Desk 4"}'
+    mdm-appliance enqueue - --type RestartDevice --yes < ids.txt
     mdm-appliance enqueue UDID --plist restart.plist
+    mdm-appliance enqueue UDID --raw --type SomeNewCommand -k Flag true
     """
     if (plist_file is None) == (request_type is None):
         raise CliError("give either --plist FILE or --type RequestType")
     if plist_file is not None and keys:
         raise CliError("--key builds a command with --type; a --plist file is sent as it is")
     enrollment_ids = _ids(ids)
+    query = {"nopush": "1" if nopush else None, "strict": None if raw else "1"}
+    try:
+        if plist_file is not None:
+            command = parse_command(plist_file.read())
+            if not raw:
+                catalog.check(command.command)
+            request_type, body = command.request_type, command.body
+        elif raw:
+            built = {"RequestType": request_type, **{name: _raw_value(value) for name, value in keys}}
+        else:
+            built = to_json(catalog.build(request_type, keys, read_file=_read_file))
+            request_type = built["RequestType"]
+    except MessageError as exc:
+        raise _checked(exc) from None
+    _confirm_destructive(request_type, enrollment_ids, yes)
     client = _client(config_path)
     ok = (200, 207, 500)
     if plist_file is not None:
-        status, answer = client.call("PUT", _path("enqueue", ",".join(enrollment_ids), nopush="1" if nopush else None),
-                                     body=plist_file.read(), content_type="application/xml", ok=ok)
+        status, answer = client.call("PUT", _path("enqueue", ",".join(enrollment_ids), **query), body=body,
+                                     content_type="application/xml", ok=ok)
     else:
-        command_keys = {"RequestType": request_type}
-        for name, value in keys:
-            command_keys[name] = _value(value)
-        status, answer = client.call("POST", "/v1/commands", ok=ok, payload={
-            "enrollment_ids": enrollment_ids, "command": command_keys, "no_push": nopush})
+        status, answer = client.call("POST", _path("commands", **query), ok=ok, payload={
+            "enrollment_ids": enrollment_ids, "command": built, "no_push": nopush})
     _report_outcomes(answer, as_json, status)
+
+
+@main.command("catalog")
+@json_option
+@click.argument("request_type", required=False)
+def show_catalog(as_json, request_type) -> None:
+    """The commands `enqueue --type` knows, or one command's keys (no server needed).
+
+    \b
+    mdm-appliance catalog
+    mdm-appliance catalog EraseDevice
+    mdm-appliance catalog --json | jq '.commands[].request_type'
+    """
+    if request_type is None:
+        if as_json:
+            _print_json(catalog.to_json())
+            return
+        _table([{"type": spec.request_type, "category": spec.category, "destructive": spec.destructive or None,
+                 "platforms": ", ".join(p.name for p in spec.platforms), "summary": spec.summary}
+                for spec in catalog.commands()],
+               [("type", "TYPE"), ("category", "CATEGORY"), ("destructive", "DESTRUCTIVE"),
+                ("platforms", "PLATFORMS"), ("summary", "WHAT IT DOES")])
+        return
+    try:
+        spec = catalog.get(request_type)
+    except catalog.UnknownCommand as exc:
+        raise CliError(str(exc)) from None
+    if as_json:
+        _print_json(spec.to_json())
+        return
+    platforms = ", ".join(f"{p.name} {p.introduced}" + (" (supervised)" if p.supervised else "") for p in spec.platforms)
+    click.echo(f"{spec.request_type} ({spec.category}{', destructive' if spec.destructive else ''}): {spec.summary}")
+    click.echo(f"platforms: {platforms}")
+    if not spec.keys:
+        click.echo("no keys")
+        return
+    click.echo("")
+    _table([{"key": key.name, "type": _type_text(key), "required": key.required,
+             "platforms": ", ".join(key.platforms), "allowed": _allowed(key)} for key in spec.keys],
+           [("key", "KEY"), ("type", "TYPE"), ("required", "REQUIRED"), ("platforms", "PLATFORMS"),
+            ("allowed", "VALUES")])
+
+
+def _type_text(key: catalog.Key) -> str:
+    if key.type == "array" and len(key.items) == 1:
+        return f"array of {key.items[0].type}"
+    return key.type
+
+
+def _allowed(key: catalog.Key) -> str | None:
+    shape = key.items[0] if key.type == "array" and len(key.items) == 1 else key
+    if shape.allowed:
+        shown = ", ".join(map(str, shape.allowed[:6]))
+        return shown + (f", ... ({len(shape.allowed)} in all)" if len(shape.allowed) > 6 else "")
+    if shape.keys:
+        return "keys: " + ", ".join(sub.name for sub in shape.keys)
+    if key.type == "array" and len(key.items) > 1:
+        return f"one of {len(key.items)} shapes"
+    return None
 
 
 @main.command("push")

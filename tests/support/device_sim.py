@@ -11,6 +11,7 @@ PKCS7SignatureBuilder for Mdm-Signature (detached, DER), h11 over a trio TLS str
         reply = await device.idle()                     # Reply(status, body, headers)
         while reply.command is not None:                # the command plist as a dict
             reply = await device.acknowledge(reply.command_uuid)
+        done = await device.answer_commands()           # or: answer every queued command as a Mac would
 
 Every request carries Mdm-Signature unless sign=False (then give an ssl_context that holds the
 device certificate as TLS client certificate, see client_context()). One keep-alive connection per
@@ -335,3 +336,100 @@ class DeviceSim:
 
     async def not_now(self, command_uuid: str) -> Reply:
         return await self.report("NotNow", command_uuid)
+
+    async def answer_commands(self, limit: int = 50) -> list[tuple[str, str]]:
+        """Idle, then answer each command the server hands out as a Mac would (result_for), until the
+        server ends the session. Returns [(CommandUUID, RequestType)] in the order answered."""
+        answered: list[tuple[str, str]] = []
+        reply = await self.idle()
+        while reply.command is not None:
+            if len(answered) >= limit:
+                raise AssertionError(f"{self.udid}: more than {limit} commands in one session")
+            command = reply.command
+            request_type = command["Command"]["RequestType"]
+            answered.append((command["CommandUUID"], request_type))
+            reply = await self.acknowledge(command["CommandUUID"], **self.result_for(command["Command"]))
+        if reply.status != 200:
+            raise AssertionError(f"{self.udid}: the server answered {reply.status}: {reply.text}")
+        return answered
+
+    def result_for(self, command: dict) -> dict[str, Any]:
+        """The result keys a Mac (this device's facts) sends for a command; {} for commands without any."""
+        answer = _RESULTS.get(command.get("RequestType"))
+        return answer(self, command) if answer else {}
+
+    def facts(self) -> dict[str, Any]:
+        """What DeviceInformation can be asked about this device (a MacBook Pro on macOS 14.4)."""
+        return {
+            "UDID": self.udid, "SerialNumber": self.serial_number, "DeviceName": f"Sim {self.udid[:8]}",
+            "OSVersion": "14.4", "BuildVersion": "23E214", "Model": "MacBookPro18,3", "ModelName": "MacBook Pro",
+            "ProductName": "MacBookPro18,3", "ModelNumber": "Z15G", "IsAppleSilicon": True,
+            "DeviceCapacity": 460.43, "AvailableDeviceCapacity": 301.2, "BatteryLevel": 0.87, "HasBattery": True,
+            "IsSupervised": True, "IsMultiUser": False, "IsActivationLockEnabled": False,
+            "IsActivationLockSupported": True, "SystemIntegrityProtectionEnabled": True,
+            "WiFiMAC": "f0:18:98:00:00:01", "BluetoothMAC": "f0:18:98:00:00:02", "LocalHostName": "sim-mac",
+            "HostName": "sim-mac.local", "AwaitingConfiguration": False,
+            "OSUpdateSettings": {"AutomaticCheckEnabled": True, "AutomaticOSInstallationEnabled": False,
+                                 "BackgroundDownloadEnabled": True, "CatalogURL": "", "IsDefaultCatalog": True,
+                                 "PerformPeriodicCheck": True, "PreviousScanResult": 2},
+        }
+
+
+def _device_information(device: DeviceSim, command: dict) -> dict[str, Any]:
+    facts = device.facts()
+    return {"QueryResponses": {query: facts[query] for query in command.get("Queries", []) if query in facts}}
+
+
+def _profile_list(device: DeviceSim, command: dict) -> dict[str, Any]:
+    def profile(name: str, identifier: str, payload_type: str, removal_disallowed: bool) -> dict[str, Any]:
+        return {
+            "HasRemovalPasscode": False, "IsEncrypted": False, "IsManaged": True,
+            "PayloadContent": [{"PayloadDescription": "", "PayloadDisplayName": name,
+                                "PayloadIdentifier": f"{identifier}.payload", "PayloadType": payload_type,
+                                "PayloadVersion": 1}],
+            "PayloadDescription": "", "PayloadDisplayName": name, "PayloadIdentifier": identifier,
+            "PayloadOrganization": "Example School", "PayloadRemovalDisallowed": removal_disallowed,
+            "PayloadUUID": str(uuidlib.uuid5(uuidlib.NAMESPACE_DNS, identifier)).upper(), "PayloadVersion": 1,
+            "SignerCertificates": [b"0\x82\x03\x00 simulated DER"],
+        }
+
+    return {"ProfileList": [
+        profile("MDM enrollment", "org.example.mdm", "com.apple.mdm", True),
+        profile("Wi-Fi (Staff)", "org.example.wifi.staff", "com.apple.wifi.managed", False),
+    ]}
+
+
+def _installed_applications(device: DeviceSim, command: dict) -> dict[str, Any]:
+    apps = [("Safari", "com.apple.Safari", "17.4", "19618.1.15.11.12", 112_345_088),
+            ("Keynote", "com.apple.iWork.Keynote", "14.0", "7038.0.87", 641_564_672),
+            ("Google Chrome", "com.google.Chrome", "123.0.6312.87", "6312.87", 1_177_726_976),
+            ("zoom.us", "us.zoom.xos", "5.17.11 (31580)", "5.17.11.31580", 420_142_080)]
+    wanted = command.get("Identifiers")
+    return {"InstalledApplicationList": [
+        {"Name": name, "Identifier": bundle_id, "ShortVersion": short, "Version": build, "BundleSize": size,
+         "Installing": False, "HasUpdateAvailable": False, "ExternalVersionIdentifier": 0}
+        for name, bundle_id, short, build, size in apps if not wanted or bundle_id in wanted]}
+
+
+def _security_info(device: DeviceSim, command: dict) -> dict[str, Any]:
+    return {"SecurityInfo": {
+        "FDE_Enabled": True, "FDE_HasPersonalRecoveryKey": True, "FDE_HasInstitutionalRecoveryKey": False,
+        "SystemIntegrityProtectionEnabled": True, "AuthenticatedRootVolumeEnabled": True,
+        "FirewallSettings": {"FirewallEnabled": True, "BlockAllIncoming": False, "StealthMode": False,
+                             "Applications": [], "LoggingEnabled": False, "LoggingOption": "throttled"},
+        "FirmwarePasswordStatus": {"PasswordExists": False, "ChangePending": False, "AllowOroms": True},
+        "ManagementStatus": {"EnrolledViaDEP": False, "UserApprovedEnrollment": True, "IsUserEnrollment": False,
+                             "IsActivationLockManageable": False},
+        "SecureBoot": {"SecureBootLevel": "full", "ExternalBootLevel": "disallowed", "ReducedSecurity": []},
+        "RemoteDesktopEnabled": False, "BootstrapTokenAllowedForAuthentication": "allowed",
+        "BootstrapTokenRequiredForSoftwareUpdate": False, "BootstrapTokenRequiredForKernelExtensionApproval": False,
+        "IsRecoveryLockEnabled": False,
+    }}
+
+
+_RESULTS = {
+    "DeviceInformation": _device_information,
+    "ProfileList": _profile_list,
+    "InstalledApplicationList": _installed_applications,
+    "SecurityInfo": _security_info,
+}

@@ -8,12 +8,13 @@ from __future__ import annotations
 import ipaddress
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from appliance import clock
 from appliance.config import Config
 from appliance.files import ensure_private_dir, write_atomic
 from appliance.identity.ca import ApplianceCA, key_pem
@@ -84,7 +85,7 @@ def _server_certificate_usable(ca: ApplianceCA, cert_path: Path, key_path: Path,
         certificate.verify_directly_issued_by(ca.certificate)
     except (ValueError, TypeError, Exception):
         return False
-    if certificate.not_valid_after_utc - RENEW_BEFORE < datetime.now(UTC):
+    if certificate.not_valid_after_utc - RENEW_BEFORE < clock.now():
         return False
     try:
         san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value

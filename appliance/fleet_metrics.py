@@ -7,12 +7,10 @@ background task has to keep gauges in step.
 
 from __future__ import annotations
 
-import time
-
 import trio
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from appliance.store.timefmt import from_text
+from appliance.store.timefmt import from_text, now
 
 
 class FleetCollector:
@@ -58,4 +56,4 @@ class FleetCollector:
 
 def _age(text: str | None) -> float:
     moment = from_text(text)
-    return max(0.0, time.time() - moment.timestamp()) if moment else 0.0
+    return max(0.0, (now() - moment).total_seconds()) if moment else 0.0

@@ -10,6 +10,7 @@ from typing import Any
 
 import trio
 
+from appliance.clock import Clock
 from appliance.config import Config
 from appliance.identity.ca import ApplianceCA
 from appliance.identity.guesses import GuessLimit
@@ -24,6 +25,7 @@ HealthCheck = Callable[[], Awaitable[tuple[str, dict, str]]]
 class Runtime:
     config: Config
     store: Store
+    clock: Clock  # the time the workers keep and wait on (appliance.clock)
     ca: ApplianceCA
     metrics: Metrics
     api_key: str

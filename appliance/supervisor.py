@@ -20,6 +20,7 @@ from functools import partial
 import trio
 from hypercorn.config import Config as HypercornConfig
 
+from appliance import clock as clocks
 from appliance.bootstrap import Prepared, prepare_data_dir
 from appliance.config import Config, parse_listen
 from appliance.logs import get_logger
@@ -53,8 +54,11 @@ class Serving:
 
 
 async def serve(config: Config, *, notifier: Notifier | None = None, handle_signals: bool = True,
-                task_status=trio.TASK_STATUS_IGNORED) -> None:
+                clock: clocks.Clock = clocks.SYSTEM, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """`clock`: the time every part keeps (appliance.clock); tests hand in one they advance."""
     notifier = notifier or Notifier()
+    # From here on, this task and all it starts (the store thread through run_store) read `clock`.
+    clocks.use(clock)
     os.umask(0o077)  # everything we create in data_dir (database, keys) is the service user's alone
     if config.server.tls and config.server.tls_cert is not None:
         check_tls_files(config.server.tls_cert, config.server.tls_key)
@@ -63,8 +67,8 @@ async def serve(config: Config, *, notifier: Notifier | None = None, handle_sign
     stop = trio.Event()
     async with trio.open_nursery() as root:
         with explained(database_failure(prepared.db_path)):
-            store = await root.start(run_store, prepared.db_path, config.storage.synchronous)
-        runtime = _runtime(config, prepared, store)
+            store = await root.start(run_store, prepared.db_path, config.storage.synchronous, clock)
+        runtime = _runtime(config, prepared, store, clock)
         # Topic, ServerURL and CheckInURL never change for an enrolled device: say so if they did.
         await warn_on_changed_urls(runtime)
         async with trio.open_nursery() as workers:
@@ -93,13 +97,14 @@ async def serve(config: Config, *, notifier: Notifier | None = None, handle_sign
     log.info("stopped")
 
 
-def _runtime(config: Config, prepared: Prepared, store) -> Runtime:
+def _runtime(config: Config, prepared: Prepared, store, clock: clocks.Clock) -> Runtime:
     metrics = Metrics()
     metrics.up_since.set_to_current_time()
     metrics.store.store = store
     runtime = Runtime(
         config=config,
         store=store,
+        clock=clock,
         ca=prepared.ca,
         metrics=metrics,
         api_key=prepared.api_key,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 from cryptography import x509
@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from appliance import clock
 from appliance.files import write_atomic
 
 CA_KEY_FILE = "ca.key"
@@ -78,7 +79,7 @@ class ApplianceCA:
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
             x509.NameAttribute(NameOID.COMMON_NAME, f"{organization} appliance CA"),
         ])
-        now = datetime.now(UTC)
+        now = clock.now()
         ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
         certificate = (
             x509.CertificateBuilder()
@@ -98,7 +99,7 @@ class ApplianceCA:
         return cls(key, certificate)
 
     def _builder(self, public_key, subject: x509.Name, days: float, serial: int | None):
-        now = datetime.now(UTC)
+        now = clock.now()
         return (
             x509.CertificateBuilder()
             .subject_name(subject)

@@ -26,6 +26,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
 from cryptography.x509.oid import AttributeOID
 
+from appliance import clock
+
 # SCEP attribute OIDs (RFC 8894 section 3.2.1, VeriSign arc).
 OID_MESSAGE_TYPE = "2.16.840.1.113733.1.9.2"
 OID_PKI_STATUS = "2.16.840.1.113733.1.9.3"
@@ -566,7 +568,7 @@ def _signed_cert_rep(request: PkiMessage, status: PkiStatus, content: bytes | No
     attrs = [
         _CONTENT_TYPE_DATA,
         _attr("message_digest", core.OctetString(h.finalize())),
-        _attr("signing_time", cms.Time(name="utc_time", value=dt.datetime.now(dt.timezone.utc))),
+        _attr("signing_time", cms.Time(name="utc_time", value=clock.now())),
         _constant_attr(OID_MESSAGE_TYPE, str(int(MessageType.CERT_REP))),
         _constant_attr(OID_PKI_STATUS, str(int(status))),
         _attr(OID_TRANSACTION_ID, core.PrintableString(request.transaction_id)),

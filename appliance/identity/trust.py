@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 
+from appliance import clock
 from appliance.identity.certificate import decode_all, is_ca
 from appliance.identity.errors import UntrustedCertificate
 
@@ -39,7 +40,7 @@ class TrustAnchors:
     def check(self, cert: x509.Certificate, now: dt.datetime | None = None) -> None:
         """Raise UntrustedCertificate unless `cert` is a non-CA certificate issued by an anchor
         and inside its validity period widened by the clock skew on both ends."""
-        now = now or dt.datetime.now(dt.timezone.utc)
+        now = now or clock.now()
         vouched = self._vouched.get(cert)
         if vouched is not None:
             self._check_dates(*vouched, now)

@@ -16,6 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
+from appliance import clock
+
 TOPIC_PREFIX = "com.apple.mgmt."
 WARN_DAYS = 30
 
@@ -44,11 +46,11 @@ class PushCertificate:
 
     def days_left(self, now: dt.datetime | None = None) -> int:
         """Whole days until expiry; negative once expired."""
-        now = now or dt.datetime.now(dt.timezone.utc)
+        now = now or clock.now()
         return int((self.not_after - now).total_seconds() // 86400)
 
     def expired(self, now: dt.datetime | None = None) -> bool:
-        now = now or dt.datetime.now(dt.timezone.utc)
+        now = now or clock.now()
         return now >= self.not_after
 
     @property
@@ -170,7 +172,7 @@ def load_any(
 
 def validate(push_cert: PushCertificate, now: dt.datetime | None = None) -> PushCertificate:
     """Refuse what cannot work as an MDM push certificate; returns it unchanged otherwise."""
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or clock.now()
     topic = push_cert.topic
     if not topic.startswith(TOPIC_PREFIX) or len(topic) == len(TOPIC_PREFIX):
         raise PushCertError(f"topic {topic!r} does not start with {TOPIC_PREFIX!r}: not an MDM push certificate")

@@ -270,7 +270,7 @@ class PushService:
             self._nursery.start_soon(self._request_after, enrollment_id, delay)
 
     async def _request_after(self, enrollment_id: str, delay: float) -> None:
-        await trio.sleep(delay + 1)
+        await self.runtime.clock.sleep(delay + 1)  # APNs' Retry-After is a backoff: the clock decides
         self.request_push([enrollment_id])
 
     # ----- background ------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import trio
 
+from appliance import clock as clocks
 from appliance.logs import get_logger
 from appliance.store import schema
 from appliance.store.faults import REASONS, Fault, StoreUnavailable, unavailable
@@ -97,14 +98,16 @@ class StoreClosed(RuntimeError):
 
 
 class Store:
-    """`await store.read(fn, *args)` / `await store.write(fn, *args)`; fn(conn, *args) runs on the db thread."""
+    """`await store.read(fn, *args)` / `await store.write(fn, *args)`; fn(conn, *args) runs on the db thread,
+    where `timefmt.now()` reads `clock` (the system's unless serve() was handed another)."""
 
     def __init__(self, path: Path, synchronous: str = "FULL", *, busy_timeout: float = BUSY_TIMEOUT,
-                 queue_deadline: float = QUEUE_DEADLINE) -> None:
+                 queue_deadline: float = QUEUE_DEADLINE, clock: clocks.Clock = clocks.SYSTEM) -> None:
         self.path = Path(path)
         self.synchronous = synchronous
         self.busy_timeout = busy_timeout
         self.queue_deadline = queue_deadline
+        self.clock = clock
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -122,6 +125,7 @@ class Store:
         failure: list[BaseException] = []
 
         def start() -> None:
+            clocks.use(self.clock)
             try:
                 # Start-up may wait the long timeout (a CLI command finishing); serving may not.
                 self._conn = connect_sync(self.path, self.synchronous)
@@ -338,9 +342,10 @@ class Store:
         return fault
 
 
-async def run_store(path: Path, synchronous: str = "FULL", *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+async def run_store(path: Path, synchronous: str = "FULL", clock: clocks.Clock = clocks.SYSTEM, *,
+                    task_status=trio.TASK_STATUS_IGNORED) -> None:
     """A part of the root nursery: opens + migrates, reports the Store, and closes it cleanly when cancelled."""
-    store = Store(path, synchronous)
+    store = Store(path, synchronous, clock=clock)
     await store.open()
     log.info("store_open", path=path)
     try:

@@ -1,12 +1,18 @@
-"""The one time format of the database: ISO-8601 UTC with microseconds and a Z, which sorts as text."""
+"""The one time format of the database: ISO-8601 UTC with microseconds and a Z, which sorts as text.
+
+`now()` is the appliance's clock (appliance.clock): on the store thread the store's, in a serving
+appliance's tasks the one serve() was handed, elsewhere the system's.
+"""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from appliance import clock
+
 
 def now() -> datetime:
-    return datetime.now(UTC)
+    return clock.now()
 
 
 def to_text(moment: datetime) -> str:

@@ -19,7 +19,6 @@ import hmac
 import random
 import socket
 import ssl
-import time
 from datetime import timedelta
 from functools import partial
 from urllib.parse import urlsplit
@@ -114,7 +113,7 @@ class WebhookWorker:
             pause = backoff(self._failed_rounds, self.config.retry_initial, self.config.retry_max)
             log.warning("webhook_receiver_failing", url=safe_url(self.config.url), pause_seconds=f"{pause:.1f}",
                         failed=len(failures), reason=failures[0][2])
-            await trio.sleep(pause)
+            await self.runtime.clock.sleep(pause)
 
     async def _idle(self) -> None:
         due = from_text(await self.runtime.store.read(outbox.next_attempt_at))
@@ -188,7 +187,7 @@ def _record(conn, delivered: list[int], failures: list[tuple[int, str, str]]) ->
 async def outbox_health(runtime) -> tuple[str, dict, str]:
     stats = await runtime.store.read(outbox.stats)
     oldest = from_text(stats["oldest_created_at"])
-    age = round(time.time() - oldest.timestamp(), 1) if oldest else 0.0
+    age = round((now() - oldest).total_seconds(), 1) if oldest else 0.0
     details = {
         "url": safe_url(runtime.config.webhook.url),
         "outbox_depth": stats["depth"],

@@ -1,5 +1,9 @@
 """Starting the real appliance for tests: a config file in tmp_path, the real server in the test's
-nursery on a free loopback port with real TLS and a real SQLite file, and TLS-verifying clients."""
+nursery on a free loopback port with real TLS and a real SQLite file, and TLS-verifying clients.
+
+Time: `start_server(..., clock=OffsetClock())` runs the server on a clock the test advances
+(`server.clock.advance(timedelta(days=300))`): certificate dates, challenge and command expiry, backoff
+and the workers that wait for them all follow it, with no real sleep."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from pathlib import Path
 import httpx
 import trio
 
+from appliance.clock import SYSTEM, Clock
 from appliance.config import Config, load_config
 from appliance.runtime import Runtime
 from appliance.supervisor import Serving, serve
@@ -69,6 +74,7 @@ class Server:
     config: Config
     config_path: Path
     finished: trio.Event
+    clock: Clock = SYSTEM
 
     @property
     def runtime(self) -> Runtime:
@@ -120,15 +126,17 @@ class Server:
         await self.finished.wait()
 
 
-async def _serve_until_done(config: Config, finished: trio.Event, *, task_status) -> None:
+async def _serve_until_done(config: Config, finished: trio.Event, clock: Clock, *, task_status) -> None:
     try:
-        await serve(config, handle_signals=False, task_status=task_status)
+        await serve(config, handle_signals=False, clock=clock, task_status=task_status)
     finally:
         finished.set()
 
 
-async def start_server(nursery, config_path: Path) -> Server:
+async def start_server(nursery, config_path: Path, clock: Clock = SYSTEM) -> Server:
+    """The appliance on `config_path`, serving in `nursery`; `clock` is the time it keeps (an
+    appliance.clock.OffsetClock for tests that move time)."""
     config = load_config(config_path)
     finished = trio.Event()
-    serving = await nursery.start(partial(_serve_until_done, config, finished))
-    return Server(serving, config, config_path, finished)
+    serving = await nursery.start(partial(_serve_until_done, config, finished, clock))
+    return Server(serving, config, config_path, finished, clock)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import trio
 
+from appliance.clock import SYSTEM, Clock
 from appliance.store import queue
 from tests.support.device_sim import DeviceSim, TestCA
 from tests.support.harness import Server, make_config, start_server
@@ -47,11 +48,11 @@ def command_body(command_uuid: str, request_type: str = "DeviceInformation", **k
     return plistlib.dumps({"CommandUUID": command_uuid, "Command": {"RequestType": request_type, **keys}})
 
 
-async def start_mdm_server(nursery, tmp_path: Path, **overrides: dict) -> MdmServer:
+async def start_mdm_server(nursery, tmp_path: Path, *, clock: Clock = SYSTEM, **overrides: dict) -> MdmServer:
     ca = TestCA("MDM Test Device CA", directory=tmp_path)
     identity = {"trusted_ca_files": [str(ca.pem_path)], **overrides.pop("identity", {})}
     config = make_config(tmp_path, identity=identity, **overrides)
-    return MdmServer(await start_server(nursery, config), ca)
+    return MdmServer(await start_server(nursery, config, clock), ca)
 
 
 class ServerProcess:

@@ -51,6 +51,11 @@ def random_serial() -> int:
     return secrets.randbits(159) | 1
 
 
+# Every enrolled device's identity chains to this CA: a new one would make the whole fleet re-enroll.
+_CA_LOST = ("restore both files from a backup (mdm-appliance backup), or move ca.crt away to start a new CA, "
+            "after which every enrolled device must enroll again")
+
+
 @dataclass
 class ApplianceCA:
     key: rsa.RSAPrivateKey
@@ -67,13 +72,17 @@ class ApplianceCA:
     @classmethod
     def load_or_create(cls, data_dir: Path, organization: str = "mdm-appliance") -> ApplianceCA:
         """Reuse the CA in data_dir, or make one. The key is written first, then the certificate: a key
-        without a certificate (killed midway) issued nothing yet, so it is simply replaced."""
+        without a certificate (killed midway) issued nothing yet, so it is simply replaced. A certificate
+        without its key has issued device identities: never replace it silently (ValueError)."""
         key_path, cert_path = Path(data_dir) / CA_KEY_FILE, Path(data_dir) / CA_CERT_FILE
-        if key_path.exists() and cert_path.exists():
-            key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        if cert_path.exists():
             certificate = x509.load_pem_x509_certificate(cert_path.read_bytes())
-            if certificate.public_key().public_numbers() == key.public_key().public_numbers():
-                return cls(key, certificate)
+            if not key_path.exists():
+                raise ValueError(f"{CA_CERT_FILE} is there but {CA_KEY_FILE} is missing: {_CA_LOST}")
+            key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+            if certificate.public_key().public_numbers() != key.public_key().public_numbers():
+                raise ValueError(f"{CA_KEY_FILE} is not the key of {CA_CERT_FILE}: {_CA_LOST}")
+            return cls(key, certificate)
         key = _new_key()
         name = x509.Name([
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),

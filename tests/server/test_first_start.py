@@ -6,8 +6,11 @@ from __future__ import annotations
 import sqlite3
 import stat
 
+import pytest
+
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from appliance.bootstrap import prepare_data_dir
 from appliance.config import load_config
@@ -74,6 +77,26 @@ def test_half_finished_first_start_recovers(tmp_path):
     key = serialization.load_pem_private_key((data / "server.key").read_bytes(), None)
     assert key.public_key().public_numbers() == load(data / "server.crt").public_key().public_numbers()
     assert again.ca.certificate == ca and prepared.api_key == again.api_key
+
+
+@pytest.mark.parametrize("damage", ["key_missing", "other_key"])
+def test_a_ca_certificate_without_its_key_is_refused_not_replaced(tmp_path, damage):
+    # The CA issued every device identity: making a new one would orphan the fleet without a word.
+    config = load_config(make_config(tmp_path))
+    prepare_data_dir(config)
+    data = config.data_dir
+    if damage == "key_missing":
+        (data / "ca.key").unlink()
+    else:
+        other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        (data / "ca.key").write_bytes(other.private_bytes(serialization.Encoding.PEM,
+                                                          serialization.PrivateFormat.PKCS8,
+                                                          serialization.NoEncryption()))
+    before = {path.name: path.read_bytes() for path in data.iterdir() if path.is_file()}
+    with pytest.raises(ValueError, match="ca.crt") as refused:
+        prepare_data_dir(config)
+    assert "enroll again" in str(refused.value)
+    assert {path.name: path.read_bytes() for path in data.iterdir() if path.is_file()} == before
 
 
 def test_server_certificate_follows_public_url_host(tmp_path):

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from appliance.bootstrap import prepare_data_dir
+from appliance.config import load_config
 from appliance.store.schema import COMPONENTS
 from tests.support.harness import free_port, make_config, write_toml
 from tests.support.identity_pki import make_ca
@@ -122,6 +124,16 @@ def test_tls_certificate_and_key_of_different_pairs_are_named(tmp_path):
     key.write_bytes(second.key_pem)
     failure_line(serve(tmp_path, server={"tls_cert": str(cert), "tls_key": str(key)}),
                  str(cert), str(key), "do not belong together")
+
+
+def test_a_ca_certificate_whose_key_is_gone_is_one_line_and_no_new_ca(tmp_path):
+    config = make_config(tmp_path, port=free_port(), logging={"level": "info"})
+    data = load_config(config).data_dir
+    prepare_data_dir(load_config(config))
+    ca = (data / "ca.crt").read_bytes()
+    (data / "ca.key").unlink()
+    failure_line(run("serve", "--config", str(config)), "ca.key is missing", "enroll again")
+    assert (data / "ca.crt").read_bytes() == ca and not (data / "ca.key").exists()
 
 
 def test_corrupt_database_names_the_file(tmp_path):

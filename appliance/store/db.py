@@ -159,6 +159,9 @@ class Store:
 
     async def _submit(self, fn, args, write: bool):
         if self._closed:
+            # A caller being cancelled (the whole process stopping at once) learns that, not StoreClosed:
+            # otherwise a worker still unwinding would end the shutdown with an error.
+            await trio.lowlevel.checkpoint_if_cancelled()
             raise StoreClosed("the store is closed")
         job = _Job(fn, args, write)
         self._jobs.put(job)

@@ -88,6 +88,17 @@ async def test_closed_store_refuses_work(tmp_path):
         await store.read(lambda c: 1)
 
 
+async def test_a_cancelled_caller_of_a_closed_store_is_cancelled_not_refused(tmp_path):
+    # The whole process stopping at once: workers still unwinding must not end it with StoreClosed.
+    store = Store(tmp_path / "c.db")
+    await store.open()
+    await store.close()
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await store.read(lambda c: 1)
+    assert scope.cancelled_caught
+
+
 async def test_open_failure_is_reported(tmp_path):
     (tmp_path / "dir.db").mkdir()
     with pytest.raises(sqlite3.OperationalError):

@@ -146,10 +146,11 @@ def test_a_second_signal_stops_at_once_and_cleanly(tmp_path, notify):
     try:
         notify.wait_for("READY=1", timeout=30)
         context = ssl.create_default_context(cafile=str(tmp_path / "state" / "ca.crt"))
-        # An in-flight request that never completes would hold the grace period open.
+        # An in-flight request that never completes would hold the grace period open: a device URL, whose
+        # handler is reading the body when the signal comes (with /healthz this was flaky under load).
         raw = socket.create_connection(("127.0.0.1", port), timeout=10)
         conn = context.wrap_socket(raw, server_hostname="127.0.0.1")
-        conn.sendall(b"PUT /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\npartial")
+        conn.sendall(b"PUT /mdm/checkin HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\npartial")
         time.sleep(0.3)
         process.send_signal(signal.SIGINT)
         notify.wait_for("STOPPING=1", timeout=15)

@@ -268,6 +268,16 @@ class WebhookConfig(Section):
         return value
 
 
+class DdmConfig(Section):
+    # Served to every DDM enrollment in the com.apple.management.organization-info declaration.
+    organization_name: str | None = Field(default=None, min_length=1)  # default: [server] organization
+    organization_email: str | None = None
+    organization_url: str | None = None
+    # Status history per enrollment: raw reports and reported errors kept (the newest).
+    status_reports_kept: int = Field(default=10, ge=1, le=1000)
+    status_errors_kept: int = Field(default=100, ge=1, le=10000)
+
+
 class LoggingConfig(Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -281,6 +291,7 @@ class Config(Section):
     checkin: CheckinConfig = CheckinConfig()
     enrollment: EnrollmentConfig = EnrollmentConfig()
     webhook: WebhookConfig = WebhookConfig()
+    ddm: DdmConfig = DdmConfig()
     logging: LoggingConfig = LoggingConfig()
 
     # Where the file was read from (not a TOML key).

@@ -52,6 +52,16 @@ class FleetCollector:
                                 value=snap["outbox_depth"])
         yield GaugeMetricFamily("mdm_webhook_outbox_oldest_seconds", "Age of the oldest undelivered webhook "
                                 "event (0 when none).", value=_age(snap["outbox_oldest"]))
+        declarations = GaugeMetricFamily(
+            "mdm_ddm_declarations", "Active enrollments a DDM declaration reaches, by the state of their latest "
+            "status: applied, invalid, inactive, pending (an older ServerToken or not yet judged), not_reported.",
+            labels=["declaration", "state"])
+        for entry in snap.get("ddm_declarations", ()):
+            for state in ("applied", "invalid", "inactive", "pending", "not_reported"):
+                declarations.add_metric([entry["identifier"], state], entry[state])
+        yield declarations
+        yield GaugeMetricFamily("mdm_ddm_notifications_waiting", "Enrollments marked for the DDM notifier (their "
+                                "declarations may have changed) and not yet dealt with.", value=snap.get("ddm_dirty", 0))
 
 
 def _age(text: str | None) -> float:

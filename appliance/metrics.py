@@ -52,6 +52,14 @@ class Metrics:
             "mdm_device_identity_total", "Device request identification by source (signature, tls, proxy, "
             "none) and outcome (ok or the IdentityError class).", ["source", "outcome"], registry=r,
         )
+        self.ddm_requests = Counter(
+            "mdm_ddm_requests_total", "DeclarativeManagement check-ins answered, by Endpoint (tokens, "
+            "declaration-items, declaration, status) and status.", ["endpoint", "status"], registry=r,
+        )
+        self.ddm_notifications = Counter(
+            "mdm_ddm_notifications_total", "DeclarativeManagement commands queued or brought up to date because "
+            "an enrollment's declarations changed (or on request).", registry=r,
+        )
         self.up_since = Gauge("mdm_start_time_seconds", "When this process started (UNIX time).", registry=r)
         # Group commit at work: write jobs (device requests, API calls) per COMMIT (one fsync each).
         self.store = StoreCollector()

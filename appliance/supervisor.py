@@ -27,6 +27,7 @@ from appliance.logs import get_logger
 from appliance.metrics import Metrics
 from appliance.push.scheduler import run_push
 from appliance.runtime import Runtime
+from appliance.service.ddm import run_ddm
 from appliance.service.enrollment import warn_on_changed_urls
 from appliance.startup import check_tls_files, data_dir_failure, database_failure, explained, listener_failure
 from appliance.store.db import run_store
@@ -77,6 +78,7 @@ async def serve(config: Config, *, notifier: Notifier | None = None, handle_sign
             # The push client and the background workers start here, before the listeners.
             await workers.start(run_push, runtime)
             await workers.start(run_webhooks, runtime)
+            await workers.start(run_ddm, runtime)
             workers.start_soon(_relay_store_faults, runtime)
             interval = watchdog_interval()
             if interval is not None:

@@ -48,13 +48,6 @@ USER_AUTHENTICATE_DECLINED = refusal(410, "UserAuthenticate is declined by this 
 DIGEST_CHALLENGE = plist_answer({"DigestChallenge": ""})
 
 
-def not_offered(message_type: str) -> Answer:
-    """DeclarativeManagement until the appliance offers it: 404, the code Apple documents for a
-    declaration the server does not have (NanoMDM answers 500 without a handler, which reads as a
-    server failure). Not 401/403: the device is fine."""
-    return refusal(404, f"{message_type} is not offered by this server")
-
-
 def token_service_not_offered(service_type: str) -> Answer:
     """GetToken until the appliance offers a token service: Apple's schema (mdm/checkin/gettoken.yaml)
     says "If the server doesn't recognize the service type, it needs to return a 400"."""

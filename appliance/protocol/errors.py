@@ -13,3 +13,9 @@ class MessageError(ValueError):
 
 class UnknownMessageType(MessageError):
     """A check-in MessageType this server does not know (400 naming it)."""
+
+
+class NotEnrolled(MessageError):
+    """The channel speaks before it enrolled (no TokenUpdate yet) or after it checked out: 403."""
+
+    status = 403

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from appliance.protocol import plist
+from appliance.protocol import ddm, plist
 from appliance.protocol.commands import command_uuid_problem
 from appliance.protocol.enrollment import Enrollment, resolve
 from appliance.protocol.errors import MessageError, UnknownMessageType
@@ -106,6 +106,13 @@ class GetToken(CheckIn):
 class DeclarativeManagement(CheckIn):
     endpoint: str = ""
     data: bytes | None = None
+    request: ddm.Request | None = None  # Endpoint and Data decoded (appliance.protocol.ddm)
+
+
+def _declarative_management(m: dict) -> dict:
+    endpoint = _text(m, "Endpoint", required=True)
+    data = _get(m, "Data", bytes)
+    return {"endpoint": endpoint, "data": data, "request": ddm.parse_request(endpoint, data)}
 
 
 def _authenticate(m: dict) -> dict:
@@ -151,8 +158,7 @@ _CHECKINS = {
     "SetBootstrapToken": (SetBootstrapToken, _set_bootstrap_token),
     "GetBootstrapToken": (GetBootstrapToken, lambda m: {"awaiting_configuration": _get(m, "AwaitingConfiguration", bool)}),
     "GetToken": (GetToken, lambda m: {"token_service_type": _text(m, "TokenServiceType", required=True)}),
-    "DeclarativeManagement": (DeclarativeManagement, lambda m: {
-        "endpoint": _text(m, "Endpoint", required=True), "data": _get(m, "Data", bytes)}),
+    "DeclarativeManagement": (DeclarativeManagement, _declarative_management),
 }
 CHECKIN_TYPES = tuple(_CHECKINS)
 

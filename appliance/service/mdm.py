@@ -7,7 +7,9 @@ answers the device only after that commit. A refusal raised inside (CertificateN
 rolls the request's savepoint back: nothing changes.
 
 Nothing here pushes: a report or an Idle never needs a push (a NotNow must not cause one); enqueuing
-does, and that is the admin API's call to runtime.push.
+does, and that is the admin API's call to runtime.push. DeclarativeManagement check-ins are answered by
+appliance.service.ddm inside the same transaction; a TokenUpdate that enrolls a channel marks it for the
+DDM notifier (a step around the core), which is woken after the commit.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from appliance.protocol.messages import (
     TokenUpdate,
     UserAuthenticate,
 )
+from appliance.service import ddm
 from appliance.service.certauth import Presented, binding_step
 from appliance.store import enrollments, outbox, queue
 from appliance.webhook.events import acknowledge_event, checkin_event
@@ -42,6 +45,10 @@ async def checkin(runtime, message: CheckIn, certificate: Presented, url_params:
     options = _Options(runtime, url_params)
     answer = await runtime.store.write(_CHECKIN, message, certificate, options)
     runtime.metrics.mdm_checkins.labels(message.message_type, str(answer.status)).inc()
+    if isinstance(message, DeclarativeManagement):
+        runtime.metrics.ddm_requests.labels(message.request.endpoint, str(answer.status)).inc()
+    elif isinstance(message, TokenUpdate) and runtime.ddm is not None:
+        runtime.ddm.wake()  # the enrollment step may have marked this channel
     _wake_webhooks(runtime, options)
     return answer
 
@@ -66,12 +73,13 @@ def _wake_webhooks(runtime, options: "_Options") -> None:
 class _Options:
     """What the transaction needs from the config (read on the trio side, not on the db thread)."""
 
-    __slots__ = ("webhook", "accept_user_authenticate", "url_params")
+    __slots__ = ("webhook", "accept_user_authenticate", "url_params", "ddm")
 
     def __init__(self, runtime, url_params: dict | None) -> None:
         self.webhook = runtime.config.webhook.url is not None
         self.accept_user_authenticate = runtime.config.checkin.user_authenticate == "accept"
         self.url_params = url_params or None
+        self.ddm = runtime.ddm.options  # set by the DDM part, which starts before the listeners
 
 
 # --- on the db thread, inside one transaction -----------------------------------------------------
@@ -105,7 +113,7 @@ def _checkin(conn: sqlite3.Connection, message: CheckIn, options: _Options) -> A
     elif isinstance(message, GetToken):
         answer = answers.token_service_not_offered(message.token_service_type)
     elif isinstance(message, DeclarativeManagement):
-        answer = answers.not_offered(message.message_type)
+        answer = ddm.declarative_management(conn, message, options.ddm)
     else:  # decode_checkin only makes the types above
         raise MessageError(f"unknown MessageType {message.message_type}")
     if not isinstance(message, (Authenticate, TokenUpdate)):  # those two set last_seen_at themselves
@@ -148,7 +156,8 @@ def _report(conn: sqlite3.Connection, message: Report, options: _Options) -> tup
 
 
 # Each core runs inside the certificate binding step: it is only reached with an admitted certificate.
-_CHECKIN = binding_step(_checkin)
+# A check-in's core also runs inside the DDM enrollment step (a newly enrolled channel is marked).
+_CHECKIN = binding_step(ddm.enrollment_step(_checkin))
 _REPORT = binding_step(_report)
 
 

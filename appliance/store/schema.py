@@ -16,6 +16,7 @@ COMPONENTS = [
     "appliance.store.core_schema",
     "appliance.store.scep_schema",
     "appliance.store.push_schema",
+    "appliance.store.ddm_schema",
 ]
 
 

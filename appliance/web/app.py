@@ -22,9 +22,11 @@ BLUEPRINTS = [
     ("appliance.web.health", "common"),
     ("appliance.web.scep", "device"),
     ("appliance.web.enroll", "device"),
+    ("appliance.web.ddm_assets", "device"),
     ("appliance.web.challenges", "api"),
     ("appliance.web.push_api", "api"),
     ("appliance.web.api", "api"),
+    ("appliance.web.ddm_api", "api"),
     ("appliance.web.openapi", "api"),
     ("appliance.web.metrics", "common"),
 ]
@@ -63,7 +65,7 @@ def create_app(rt: Runtime, roles: frozenset[str] = ALL_ROLES) -> Quart:
 
     @app.errorhandler(HTTPException)
     async def _http_error(exc: HTTPException) -> Response:
-        if request.path.startswith("/v1") or isinstance(exc, ApiError):  # ApiError: /metrics too
+        if _is_api(request.path) or isinstance(exc, ApiError):  # ApiError: /metrics too
             return api_error(exc.code or 500, getattr(exc, "error_code", None) or slug(exc), exc.description or "")
         return text_error(exc.code or 500, exc.description or exc.name)
 
@@ -77,7 +79,7 @@ def create_app(rt: Runtime, roles: frozenset[str] = ALL_ROLES) -> Quart:
     async def _crash(exc: Exception) -> Response:
         # Never expected: every input has a 4xx path. Logged in full so the cause can be fixed.
         log.exception("request_failed", method=request.method, path=request.path, error=repr(exc))
-        if request.path.startswith("/v1"):
+        if _is_api(request.path):
             return api_error(500, "internal_error", "internal error (logged)")
         return text_error(500, "internal error")
 
@@ -87,6 +89,11 @@ def create_app(rt: Runtime, roles: frozenset[str] = ALL_ROLES) -> Quart:
     if "device" in roles:
         app.asgi_app = DeviceEndpoints(app.asgi_app, rt)  # type: ignore[method-assign]
     return app
+
+
+def _is_api(path: str) -> bool:
+    """The admin API answers errors as JSON: /v1 (NanoMDM's routes) and /api/v1/ddm (KMFDDM's)."""
+    return path.startswith(("/v1", "/api/"))
 
 
 def record_request(rt: Runtime, *, rule: str, method: str, path: str, status: int, started: float | None,

@@ -7,7 +7,7 @@ from __future__ import annotations
 from prometheus_client import CONTENT_TYPE_LATEST
 from quart import Blueprint, Response
 
-from appliance.store import fleet, outbox
+from appliance.store import ddm, fleet, outbox
 from appliance.store.faults import StoreUnavailable
 from appliance.web.app import runtime
 from appliance.web.auth import require_api_key
@@ -21,6 +21,8 @@ def _snapshot(conn, results_rowid: int) -> dict:
     snap["outbox_depth"] = box["depth"]
     snap["outbox_oldest"] = box["oldest_created_at"]
     snap["new_results"], snap["results_rowid"] = fleet.results_since(conn, results_rowid)
+    snap["ddm_declarations"] = ddm.status_summary(conn)
+    snap["ddm_dirty"] = ddm.dirty_count(conn)
     return snap
 
 

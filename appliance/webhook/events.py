@@ -8,7 +8,9 @@ plist, base64 (Go's encoding of []byte). NanoMDM additions: "ids" (id, parent_id
 enrollment) and "token_update_tally" on TokenUpdate.
 
 Our own, in the same envelope: "appliance.Reenrollment" (a "reenrollment_event") when another identity
-certificate re-enrolled a known device and the old enrollment's pending commands and secrets were cleared.
+certificate re-enrolled a known device and the old enrollment's pending commands and secrets were cleared;
+"appliance.DeclarationStatus" (a "declaration_status_event") when a DDM status report changed the status
+of declarations on an enrollment.
 
 Sans-I/O: builds bytes, never sends them. The body is built once and stored in the outbox, so every
 retry carries the same event_id and bytes (receivers can de-duplicate on event_id; the HMAC is stable).
@@ -24,6 +26,7 @@ from appliance.store.timefmt import now_text
 
 CONNECT_TOPIC = "mdm.Connect"
 REENROLLMENT_TOPIC = "appliance.Reenrollment"
+DECLARATION_STATUS_TOPIC = "appliance.DeclarationStatus"
 
 
 def _envelope(topic: str, kind: str, event: dict) -> bytes:
@@ -104,3 +107,14 @@ def reenrollment_event(*, udid: str, enrollment_id: str, ids: dict, previous_sha
     event["cleared"] = {"commands": int(cleared_commands), "bootstrap_token": bool(bootstrap_token),
                         "unlock_token": bool(unlock_token)}
     return REENROLLMENT_TOPIC, _envelope(REENROLLMENT_TOPIC, "reenrollment_event", event)
+
+
+def declaration_status_event(*, udid: str, enrollment_id: str, ids: dict, status_id: str, changes: list[dict]
+                             ) -> tuple[str, bytes]:
+    """A DDM status report changed how declarations stand on an enrollment -> ("appliance.DeclarationStatus",
+    JSON body): per declaration its identifier, kind, active, valid, server_token, reasons and `previous`
+    (null the first time, else the former active, valid and server_token)."""
+    event = _identity(udid, enrollment_id, ids)
+    event["status_id"] = status_id
+    event["changes"] = changes
+    return DECLARATION_STATUS_TOPIC, _envelope(DECLARATION_STATUS_TOPIC, "declaration_status_event", event)

@@ -135,8 +135,6 @@ async def test_user_authenticate_accepted_when_configured(nursery, tmp_path):
     # Apple: a service type the server does not recognize is answered 400.
     ("GetToken", {"TokenServiceType": "com.apple.maid"}, 400,
      "GetToken: TokenServiceType com.apple.maid is not offered"),
-    # Apple documents 404 for a declaration the server does not have.
-    ("DeclarativeManagement", {"Endpoint": "tokens"}, 404, "DeclarativeManagement is not offered"),
 ])
 async def test_services_not_offered_yet(mdm, message_type, keys, status, reason):
     async with mdm.device("UDID-I") as device:

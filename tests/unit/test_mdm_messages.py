@@ -145,7 +145,6 @@ def test_answers():
     assert sent.content_type == "application/xml; charset=UTF-8" and sent.body == b"<plist/>"
     assert plistlib.loads(answers.DIGEST_CHALLENGE.body) == {"DigestChallenge": ""}
     assert answers.USER_AUTHENTICATE_DECLINED.status == 410
-    assert answers.not_offered("DeclarativeManagement").status == 404
     assert answers.token_service_not_offered("com.apple.maid").status == 400
     assert "'\\x00" in answers.token_service_not_offered("\x00" * 100).body.decode()
     with pytest.raises(AssertionError):

@@ -1,0 +1,101 @@
+"""Shared by the DDM tests: the real server trusting a test device CA and pushing to the APNs stand-in (push
+certificate imported), declarations as plain dicts put through the KMFDDM-compatible API, and waits for the
+notifier and the stand-in (with deadlines, never timed assertions)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from tests.support.apns_certs import make_ca, make_push_cert, make_server
+from tests.support.apns_standin import StandIn
+from tests.support.device_sim import DeviceSim
+from tests.support.mdm_support import MdmServer, start_mdm_server
+
+API = "/api/v1/ddm"
+
+
+@dataclass
+class DdmServer:
+    mdm: MdmServer
+    standin: StandIn | None
+
+    @property
+    def server(self):
+        return self.mdm.server
+
+    def api(self):
+        return self.server.api_client()
+
+    def device(self, udid: str, **kwargs) -> DeviceSim:
+        return self.mdm.device(udid, **kwargs)
+
+    async def rows(self, sql: str, *args) -> list[dict]:
+        return await self.mdm.rows(sql, *args)
+
+    async def settled(self, timeout: float = 10) -> None:
+        """Every marked enrollment has been dealt with by the notifier (its transaction committed)."""
+        with trio.fail_after(timeout):
+            while (await self.rows("SELECT count(*) AS n FROM ddm_dirty"))[0]["n"]:
+                await trio.sleep(0.02)
+
+    async def pushes_to(self, device: DeviceSim, count: int, timeout: float = 10) -> None:
+        """Wait until the stand-in has seen `count` pushes to this device's token."""
+        token = device.push_token.hex()
+        with trio.fail_after(timeout):
+            while sum(1 for r in self.standin.requests if r.token == token) < count:
+                await trio.sleep(0.02)
+
+    async def pending_ddm_commands(self, enrollment_id: str) -> list[dict]:
+        return await self.rows(
+            "SELECT q.command_uuid, q.sent_at, c.body FROM queue q JOIN commands c ON c.uuid = q.command_uuid "
+            "WHERE q.enrollment_id = ? AND c.request_type = 'DeclarativeManagement' AND q.cancelled_at IS NULL",
+            enrollment_id)
+
+
+async def start_ddm_server(nursery, tmp_path: Path, *, apns: bool = True, **overrides) -> DdmServer:
+    standin = None
+    if apns:
+        server_ca, push_ca = make_ca("Stand-in APNs server CA"), make_ca("Stand-in Apple push CA")
+        identity = make_server(server_ca)
+        ca_file = tmp_path / "apns-ca.pem"
+        ca_file.write_bytes(server_ca.cert_pem)
+        standin = StandIn.create(identity.cert_pem, identity.key_pem, push_ca.cert_pem)
+        await nursery.start(standin.serve)
+        overrides["apns"] = {"url": standin.url, "ca_file": str(ca_file), **overrides.get("apns", {})}
+    mdm = await start_mdm_server(nursery, tmp_path, **overrides)
+    if apns:
+        cert = make_push_cert(push_ca)
+        async with mdm.server.api_client() as api:
+            answer = await api.put("/v1/pushcert", content=cert.cert_pem + cert.key_pem)
+            assert answer.status_code == 200, answer.text
+    return DdmServer(mdm, standin)
+
+
+def configuration(identifier: str, declaration_type: str = "com.apple.configuration.management.test",
+                  **payload) -> dict:
+    return {"Type": declaration_type, "Identifier": identifier, "Payload": payload or {"Echo": identifier}}
+
+
+def activation(identifier: str, *configurations: str) -> dict:
+    return {"Type": "com.apple.activation.simple", "Identifier": identifier,
+            "Payload": {"StandardConfigurations": list(configurations)}}
+
+
+async def put(api, declaration: dict, **params):
+    return await api.put(f"{API}/declarations", content=json.dumps(declaration), params=params)
+
+
+async def setup_set(api, set_name: str, declarations: list[dict], enrollment_ids: list[str]) -> None:
+    """Declarations stored, put in the set, the set assigned: each answered as a change (204)."""
+    for declaration in declarations:
+        answer = await put(api, declaration)
+        assert answer.status_code == 204, answer.text
+        answer = await api.put(f"{API}/set-declarations/{set_name}", params={"declaration": declaration["Identifier"]})
+        assert answer.status_code == 204, answer.text
+    for eid in enrollment_ids:
+        answer = await api.put(f"{API}/enrollment-sets/{eid}", params={"set": set_name})
+        assert answer.status_code == 204, answer.text

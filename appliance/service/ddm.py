@@ -37,6 +37,7 @@ from appliance.protocol.messages import DeclarativeManagement, TokenUpdate
 from appliance.store import ddm as store
 from appliance.store import outbox, queue
 from appliance.store.db import StoreClosed
+from appliance.store.faults import StoreUnavailable
 from appliance.store.timefmt import from_text, now_text
 from appliance.webhook.events import declaration_status_event
 
@@ -475,6 +476,11 @@ class DdmService:
                 await self._drain()
             except StoreClosed:
                 return
+            except StoreUnavailable as exc:
+                # Disk full, say: the marks stay in ddm_dirty (nothing of the batch was stored); try again.
+                log.warning("ddm_notifier_waiting", reason=exc.reason, retry_in_seconds=exc.retry_after)
+                await trio.sleep(exc.retry_after)
+                self.wake()
 
     async def _drain(self) -> None:
         while True:
@@ -521,9 +527,8 @@ def notify_batch(conn: sqlite3.Connection, limit: int) -> tuple[list[str], bool]
 
 
 def _command(command_uuid: str, tokens: bytes) -> bytes:
-    body = ddm.command(command_uuid, tokens)
-    parse_command(body)  # the one command validator: what we queue is what an integrator could
-    return body
+    # Through the one command validator: what we queue is what an integrator could have enqueued.
+    return parse_command(ddm.command(command_uuid, tokens)).body
 
 
 async def run_ddm(runtime, *, task_status=trio.TASK_STATUS_IGNORED) -> None:

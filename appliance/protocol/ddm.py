@@ -138,9 +138,14 @@ def check_identifier(identifier: Any, what: str = "Identifier") -> str:
         raise DeclarationError(f"{what} must be a non-empty string")
     if len(identifier.encode("utf-8")) > MAX_IDENTIFIER_OCTETS:
         raise DeclarationError(f"{what} is longer than {MAX_IDENTIFIER_OCTETS} octets (Apple's limit)")
-    if not identifier.isprintable() or "/" in identifier or identifier.strip() != identifier:
-        raise DeclarationError(f"{what} must be printable, without '/' or surrounding spaces")
+    if has_control(identifier) or "/" in identifier or identifier.strip() != identifier:
+        raise DeclarationError(f"{what} must be without control characters, '/' or surrounding spaces")
     return identifier
+
+
+def has_control(text: str) -> bool:
+    """Control characters (C0, DEL, C1) or lone surrogates: never in a name people read or type."""
+    return any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F or 0xD800 <= ord(c) <= 0xDFFF for c in text)
 
 
 def parse_declaration(body: bytes) -> Declaration:

@@ -200,14 +200,14 @@ def organization_of(config) -> dict[str, str]:
 # --- the operator's side -------------------------------------------------------------------------------
 
 def check_set_name(name: str) -> str:
-    if not name or len(name) > 256 or not name.isprintable() or "/" in name or name.strip() != name:
-        raise Refused("a set name is 1 to 256 printable characters, without '/' or surrounding spaces")
+    if not name or len(name) > 256 or ddm.has_control(name) or "/" in name:
+        raise Refused("a set name is 1 to 256 characters, without control characters or '/'")
     return name
 
 
 def check_enrollment_id(enrollment_id: str) -> str:
-    if not enrollment_id or len(enrollment_id) > 600 or not enrollment_id.isprintable():
-        raise Refused("an enrollment id is 1 to 600 printable characters")
+    if not enrollment_id or len(enrollment_id) > 600 or ddm.has_control(enrollment_id):
+        raise Refused("an enrollment id is 1 to 600 characters, without control characters")
     return enrollment_id
 
 
@@ -227,10 +227,14 @@ def _check_references(conn: sqlite3.Connection, declaration: ddm.Declaration) ->
             raise Refused(f"{ref.path} names {ref.kind} {ref.identifier!r}, which does not exist: store it first")
         declaration_type, kind = found[ref.identifier]
         if kind != ref.kind:
-            raise Refused(f"{ref.path} names {ref.identifier!r}, a {kind}, where a {ref.kind} is expected")
+            raise Refused(f"{ref.path} names {ref.identifier!r}, {_a(kind)}, where {_a(ref.kind)} is expected")
         if ref.types and declaration_type not in ref.types:
             raise Refused(f"{ref.path} names {ref.identifier!r} of type {declaration_type}, expected one of "
                           f"{', '.join(ref.types)}")
+
+
+def _a(kind: str) -> str:
+    return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
 
 
 @dataclass(frozen=True)
@@ -372,6 +376,8 @@ class DdmService:
     async def notify(self, *, declarations: Sequence[str] = (), sets: Sequence[str] = (),
                      enrollment_ids: Sequence[str] = ()) -> int:
         """Tell these enrollments (and those the sets and declarations reach) even if nothing changed."""
+        for eid in enrollment_ids:
+            check_enrollment_id(eid)
 
         def txn(conn):
             marked = store.mark(conn, enrollment_ids, forced=True) if enrollment_ids else 0
@@ -395,8 +401,8 @@ class DdmService:
                         notify: bool = True) -> Saved:
         if asset_type not in HOSTED_ASSET_TYPES:
             raise Refused(f"type must be one of {', '.join(HOSTED_ASSET_TYPES)}")
-        if not content_type or len(content_type) > 200 or not content_type.isprintable():
-            raise Refused("a Content-Type is needed (e.g. application/json), printable, at most 200 characters")
+        if not content_type or len(content_type) > 200 or ddm.has_control(content_type):
+            raise Refused("a Content-Type is needed (e.g. application/json), at most 200 characters")
         try:
             ddm.check_identifier(identifier)
         except DeclarationError as exc:

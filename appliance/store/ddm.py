@@ -74,8 +74,8 @@ def put_declaration(conn: sqlite3.Connection, declaration_: ddm.Declaration, bui
     if row is not None and row["kind"] != d.kind:
         named_by = _named_by(conn, d.identifier)
         if named_by:
-            raise InUse(f"{d.identifier} is a {row['kind']} named by {', '.join(named_by[:5])}: it cannot become "
-                        f"a {d.kind}")
+            raise InUse(f"{d.identifier} is named by {', '.join(named_by[:5])} as its {row['kind']}: it cannot "
+                        f"become another kind ({d.kind})")
     now = now_text()
     conn.execute(
         "INSERT INTO ddm_declarations (identifier, type, kind, payload, server_token, touch, builtin, created_at, "

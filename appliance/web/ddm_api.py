@@ -17,6 +17,7 @@ from email.utils import format_datetime
 
 from quart import Blueprint, Response, jsonify, request
 
+from appliance.logs import get_logger
 from appliance.service.ddm import Conflict, NotFound, Refused, Saved
 from appliance.store import ddm as store
 from appliance.store.timefmt import from_text
@@ -25,6 +26,7 @@ from appliance.web.auth import require_api_key
 from appliance.web.errors import ApiError
 
 blueprint = Blueprint("ddm_api", __name__)
+log = get_logger("ddm")
 
 PREFIX = "/api/v1/ddm"
 MAX_IDS = 1000  # enrollment ids per status request (comma-separated in the path)
@@ -42,6 +44,7 @@ async def _call(coroutine):
     try:
         return await coroutine
     except Refused as exc:
+        log.info("ddm_api_refused", path=request.path, reason=str(exc))
         raise ApiError(400, "bad_request", str(exc)) from None
     except NotFound as exc:
         raise ApiError(404, "not_found", str(exc)) from None
@@ -230,12 +233,9 @@ async def status_report(enrollment_id: str):
 async def notify():
     await request.get_data()
     args = request.args
-    ids = args.getlist("id")
-    for eid in ids:
-        if not eid:
-            raise ApiError(400, "bad_request", "?id= must not be empty")
-    await _service().notify(declarations=args.getlist("declaration"), sets=args.getlist("set"),
-                            enrollment_ids=ids)
+    ids = [eid for eid in args.getlist("id") if eid]
+    await _call(_service().notify(declarations=[d for d in args.getlist("declaration") if d],
+                                  sets=[s for s in args.getlist("set") if s], enrollment_ids=ids))
     return Response("", status=204)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from quart import Blueprint, jsonify
 
 from appliance import __version__
+from appliance.web import openapi_ddm
 
 blueprint = Blueprint("openapi", __name__)
 
@@ -403,10 +404,10 @@ def document() -> dict:
         "components": {
             "securitySchemes": {"basic": {"type": "http", "scheme": "basic"},
                                 "bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": SCHEMAS,
+            "schemas": {**SCHEMAS, **openapi_ddm.SCHEMAS},
         },
         "security": [{"basic": []}, {"bearer": []}],
-        "paths": PATHS,
+        "paths": {**PATHS, **openapi_ddm.PATHS},
     }
 
 

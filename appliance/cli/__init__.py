@@ -25,3 +25,4 @@ from appliance.cli import serve as _serve  # noqa: E402,F401
 from appliance.cli import enroll as _enroll  # noqa: E402,F401
 from appliance.cli import pushcert as _pushcert  # noqa: E402,F401
 from appliance.cli import admin as _admin  # noqa: E402,F401
+from appliance.cli import ddm as _ddm  # noqa: E402,F401

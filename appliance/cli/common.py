@@ -106,6 +106,7 @@ class ApiClient:
         try:
             connection.request(method, path, body=body, headers=headers)
             response = connection.getresponse()
+            self.last_headers = response.getheaders()  # e.g. the DDM API's Warning headers
             return response.status, response.read()
         except ssl.SSLError as exc:
             raise CliError(f"TLS to {self.host}:{self.port} failed: {exc.reason or exc}") from None

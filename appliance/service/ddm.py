@@ -21,6 +21,7 @@ import sqlite3
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -38,7 +39,7 @@ from appliance.store import ddm as store
 from appliance.store import outbox, queue
 from appliance.store.db import StoreClosed
 from appliance.store.faults import StoreUnavailable
-from appliance.store.timefmt import from_text, now_text
+from appliance.store.timefmt import now_text
 from appliance.webhook.events import declaration_status_event
 
 log = get_logger("ddm")
@@ -92,7 +93,7 @@ def declarative_management(conn: sqlite3.Connection, message: DeclarativeManagem
         token = ddm.declarations_token((item.identifier, item.server_token) for item in items)
         changed_at = store.record_sync(conn, enrollment.id, token)
         if request.endpoint == ddm.TOKENS:
-            return _json(ddm.tokens_json(token, ddm.sync_timestamp(from_text(changed_at))))
+            return _json(ddm.tokens_json(token, ddm.sync_timestamp(datetime.fromisoformat(changed_at))))
         return _json(ddm.declaration_items_json(items, token))
     if request.endpoint == ddm.DECLARATION:
         row = store.effective_declaration(conn, enrollment.id, request.kind, request.identifier)
@@ -507,6 +508,7 @@ def notify_batch(conn: sqlite3.Connection, limit: int) -> tuple[list[str], bool]
     forced = {eid for eid, is_forced in taken if is_forced}
     targets = store.notify_targets(conn, [eid for eid, _ in taken])
     manifests: dict[tuple[str, tuple[str, ...]], str] = {}  # enrollments with the same sets share a token
+    commands = _Commands()
     now = now_text()
     told = []
     for eid, target in targets.items():
@@ -520,21 +522,42 @@ def notify_batch(conn: sqlite3.Connection, limit: int) -> tuple[list[str], bool]
         if eid not in forced and not (changed and (target["token"] is not None or target["sets"])):
             continue
         changed_at = now if changed or target["changed_at"] is None else target["changed_at"]
-        data = ddm.tokens_json(token, ddm.sync_timestamp(from_text(changed_at)))
+        data = commands.tokens(token, changed_at)
         command_uuid = target["command_uuid"]
         if store.replaceable_command(conn, eid, command_uuid):
-            store.replace_command_body(conn, command_uuid, _command(command_uuid, data))
+            store.replace_command_body(conn, command_uuid, commands.body(command_uuid, data))
         else:
             command_uuid = str(uuid.uuid4()).upper()
-            queue.enqueue(conn, command_uuid, "DeclarativeManagement", _command(command_uuid, data), [eid])
+            queue.enqueue(conn, command_uuid, "DeclarativeManagement", commands.body(command_uuid, data), [eid])
         store.record_notified(conn, eid, token, changed_at, command_uuid)
         told.append(eid)
     return told, len(taken) == limit
 
 
-def _command(command_uuid: str, tokens: bytes) -> bytes:
-    # Through the one command validator: what we queue is what an integrator could have enqueued.
-    return parse_command(ddm.command(command_uuid, tokens)).body
+class _Commands:
+    """DeclarativeManagement command bodies: one per distinct Data, checked once by the one command validator
+    (with a placeholder CommandUUID, which is then replaced: a UUID needs no XML escaping)."""
+
+    _PLACEHOLDER = "00000000-0000-0000-0000-PLACEHOLDER0"
+
+    def __init__(self) -> None:
+        self._templates: dict[bytes, bytes] = {}
+        self._tokens: dict[tuple[str, str], bytes] = {}
+
+    def tokens(self, token: str, changed_at: str) -> bytes:
+        """The SyncTokens (Data): enrollments told of the same change share them."""
+        key = (token, changed_at)
+        if key not in self._tokens:
+            self._tokens[key] = ddm.tokens_json(token, ddm.sync_timestamp(datetime.fromisoformat(changed_at)))
+        return self._tokens[key]
+
+    def body(self, command_uuid: str, tokens: bytes) -> bytes:
+        template = self._templates.get(tokens)
+        if template is None:
+            template = parse_command(ddm.command(self._PLACEHOLDER, tokens)).body
+            assert template.count(self._PLACEHOLDER.encode()) == 1
+            self._templates[tokens] = template
+        return template.replace(self._PLACEHOLDER.encode(), command_uuid.encode())
 
 
 async def run_ddm(runtime, *, task_status=trio.TASK_STATUS_IGNORED) -> None:

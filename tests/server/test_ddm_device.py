@@ -306,3 +306,24 @@ def test_checkin_plist_carries_data_as_base64():
     # What the client sends is Apple's shape: Data is a <data> element (base64 in XML).
     body = plistlib.dumps({"MessageType": "DeclarativeManagement", "Endpoint": "status", "Data": b"{}"})
     assert b"<data>" in body and b"e30=" in body
+
+
+async def test_a_device_enrolled_again_is_sent_its_declarations_again(ddm):
+    async with ddm.device(UDID) as device:
+        await device.enroll()
+        async with ddm.api() as api:
+            await setup_set(api, "staff", [configuration("cfg.again")], [UDID])
+        await ddm.settled()
+        client = DdmClient(device)
+        reply = await device.idle()
+        await client.follow(reply.command)
+        await device.acknowledge(reply.command_uuid)
+        assert (await device.idle()).body == b""
+        # The profile installed again (Authenticate, TokenUpdate): the device starts with no declarations.
+        await device.enroll()
+        await ddm.settled()
+        await ddm.pushes_to(device, 2)
+        reply = await device.idle()
+        assert reply.command["Command"]["RequestType"] == "DeclarativeManagement"
+        fresh = await DdmClient(device).follow(reply.command)
+        assert "cfg.again" in fresh.fetched

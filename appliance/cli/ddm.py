@@ -68,7 +68,12 @@ def ddm() -> None:
 @json_option
 @click.option("--builtin", is_flag=True, help="Include the appliance's own (mdm-appliance.*).")
 def declarations(config_path, as_json, builtin) -> None:
-    """List declarations with their type, sets and ServerToken."""
+    """List declarations with their type, sets and ServerToken.
+
+    \b
+    mdm-appliance ddm declarations
+    mdm-appliance ddm declarations --builtin --json
+    """
     _, rows = _client(config_path).call("GET", _path("declarations", detail="1", builtin="1" if builtin else None))
     if as_json:
         _print_json(rows)
@@ -81,7 +86,11 @@ def declarations(config_path, as_json, builtin) -> None:
 @config_option
 @click.argument("identifier")
 def declaration(config_path, identifier) -> None:
-    """Print one declaration (JSON, with its ServerToken)."""
+    """Print one declaration (JSON, with its ServerToken).
+
+    \b
+    mdm-appliance ddm declaration com.example.passcode
+    """
     _, found = _client(config_path).call("GET", _path("declarations", identifier))
     _print_json(found)
 
@@ -121,7 +130,11 @@ def _read(file: Path) -> bytes:
 @config_option
 @click.argument("identifier")
 def delete(config_path, identifier) -> None:
-    """Delete a declaration (no set may hold it, no declaration name it)."""
+    """Delete a declaration (no set may hold it, no declaration name it).
+
+    \b
+    mdm-appliance ddm delete com.example.passcode
+    """
     _said(_change(_client(config_path), "DELETE", _path("declarations", identifier)), f"deleted {identifier}")
 
 
@@ -130,7 +143,11 @@ def delete(config_path, identifier) -> None:
 @nonotify_option
 @click.argument("identifier")
 def touch(config_path, nonotify, identifier) -> None:
-    """Give a declaration a new ServerToken, so devices fetch and apply it again."""
+    """Give a declaration a new ServerToken, so devices fetch and apply it again.
+
+    \b
+    mdm-appliance ddm touch com.example.passcode
+    """
     _change(_client(config_path), "POST", _path("declarations", identifier, "touch",
                                                 nonotify="1" if nonotify else None))
     click.echo(f"touched {identifier}")
@@ -142,7 +159,11 @@ def touch(config_path, nonotify, identifier) -> None:
 @config_option
 @json_option
 def sets(config_path, as_json) -> None:
-    """List sets with their declarations."""
+    """List sets with their declarations.
+
+    \b
+    mdm-appliance ddm sets
+    """
     client = _client(config_path)
     _, names = client.call("GET", _path("sets"))
     rows = [{"set": name, "declarations": ", ".join(client.call("GET", _path("set-declarations", name))[1])}
@@ -159,7 +180,11 @@ def sets(config_path, as_json) -> None:
 @click.argument("set_name")
 @click.argument("identifiers", nargs=-1, required=True)
 def set_add(config_path, nonotify, set_name, identifiers) -> None:
-    """Put declarations in a set (made by naming it)."""
+    """Put declarations in a set (made by naming it).
+
+    \b
+    mdm-appliance ddm set-add staff com.example.passcode.activation
+    """
     client = _client(config_path)
     for identifier in identifiers:
         changed = _change(client, "PUT", _path("set-declarations", set_name, declaration=identifier,
@@ -173,7 +198,11 @@ def set_add(config_path, nonotify, set_name, identifiers) -> None:
 @click.argument("set_name")
 @click.argument("identifiers", nargs=-1, required=True)
 def set_remove(config_path, nonotify, set_name, identifiers) -> None:
-    """Take declarations out of a set."""
+    """Take declarations out of a set.
+
+    \b
+    mdm-appliance ddm set-remove staff com.example.passcode.activation
+    """
     client = _client(config_path)
     for identifier in identifiers:
         changed = _change(client, "DELETE", _path("set-declarations", set_name, declaration=identifier,
@@ -199,6 +228,10 @@ def assign(config_path, nonotify, set_name, ids) -> None:
     """Assign a set to enrollments (ID "-" reads ids from stdin); they are told at once.
 
     An id that has not enrolled yet keeps the set until it does.
+
+    \b
+    mdm-appliance ddm assign staff UDID1 UDID2
+    mdm-appliance devices --json | jq -r '.[].id' | mdm-appliance ddm assign staff -
     """
     _assignment(config_path, set_name, ids, nonotify, "PUT", "newly assigned to")
 
@@ -209,7 +242,11 @@ def assign(config_path, nonotify, set_name, ids) -> None:
 @click.argument("set_name")
 @click.argument("ids", nargs=-1, required=True)
 def unassign(config_path, nonotify, set_name, ids) -> None:
-    """Take a set off enrollments (ID "-" reads ids from stdin)."""
+    """Take a set off enrollments (ID "-" reads ids from stdin).
+
+    \b
+    mdm-appliance ddm unassign staff UDID1
+    """
     _assignment(config_path, set_name, ids, nonotify, "DELETE", "taken off")
 
 
@@ -219,7 +256,12 @@ def unassign(config_path, nonotify, set_name, ids) -> None:
 @click.option("--set", "set_names", multiple=True, help="Every enrollment a set is assigned to (repeatable).")
 @click.option("--declaration", "identifiers", multiple=True, help="Every enrollment a declaration reaches.")
 def notify(config_path, ids, set_names, identifiers) -> None:
-    """Tell enrollments to synchronize even though nothing changed."""
+    """Tell enrollments to synchronize even though nothing changed.
+
+    \b
+    mdm-appliance ddm notify --set staff
+    mdm-appliance ddm notify --id UDID1 --id UDID2
+    """
     if not (ids or set_names or identifiers):
         raise CliError("name --id, --set or --declaration")
     _client(config_path).call("POST", _path("notify", id=list(ids), set=list(set_names),
@@ -284,7 +326,11 @@ def status(config_path, as_json, enrollment_id, declaration) -> None:
 @json_option
 @click.argument("enrollment_id")
 def errors(config_path, as_json, enrollment_id) -> None:
-    """The newest errors an enrollment's status reports carried."""
+    """The newest errors an enrollment's status reports carried.
+
+    \b
+    mdm-appliance ddm errors UDID1
+    """
     _, found = _client(config_path).call("GET", _path("status-errors", enrollment_id))
     rows = found.get(enrollment_id, [])
     if as_json:
@@ -312,7 +358,11 @@ def _error_text(error) -> str:
 @click.argument("enrollment_id")
 @click.option("--prefix", help="Only paths LIKE this (% is the wildcard), e.g. '.StatusItems.device.%'.")
 def values(config_path, as_json, enrollment_id, prefix) -> None:
-    """The latest values an enrollment reported (OS version, software update state, ...)."""
+    """The latest values an enrollment reported (OS version, software update state, ...).
+
+    \b
+    mdm-appliance ddm values UDID1 --prefix '.StatusItems.softwareupdate.%'
+    """
     _, found = _client(config_path).call("GET", _path("status-values", enrollment_id, prefix=prefix))
     rows = found.get(enrollment_id, [])
     if as_json:
@@ -327,7 +377,11 @@ def values(config_path, as_json, enrollment_id, prefix) -> None:
 @click.option("--index", type=click.IntRange(0, 100_000), default=0, show_default=True,
               help="0: the newest kept report, 1: the one before, ...")
 def report(config_path, enrollment_id, index) -> None:
-    """Print a kept raw status report (JSON, as the device sent it)."""
+    """Print a kept raw status report (JSON, as the device sent it).
+
+    \b
+    mdm-appliance ddm report UDID1 --index 1
+    """
     status_code, data = _client(config_path).request("GET", _path("status-report", enrollment_id, index=str(index)))
     if status_code != 200:
         raise CliError(f"no status report {index} for {enrollment_id} (answered {status_code})")

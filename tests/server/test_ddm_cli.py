@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 import trio
 
+from click.testing import CliRunner
+
+from appliance.cli import main
 from tests.support.ddm_client import DdmClient
 from tests.support.ddm_support import configuration, start_ddm_server
 from tests.support.harness import free_port
@@ -19,13 +22,19 @@ ROOT = Path(__file__).resolve().parents[2]
 UDID = "DDM-CLI-0001"
 
 
-async def cli(config: Path, *args: str, stdin: bytes = b"") -> tuple[int, str, str]:
+async def cli(config: Path, *args: str, stdin: bytes = b"", process: bool = False) -> tuple[int, str, str]:
+    """`mdm-appliance ddm ARGS --config CONFIG`: in a child process as operators run it (process=True), else
+    the same click command in a thread (its API client blocks; the server runs on this event loop)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     for name in ("MDM_APPLIANCE_URL", "MDM_APPLIANCE_API_KEY", "MDM_APPLIANCE_CA", "MDM_APPLIANCE_CONFIG"):
         env.pop(name, None)
-    done = await trio.run_process([sys.executable, "-m", "appliance", "ddm", *args, "--config", str(config)],
-                                  stdin=stdin, capture_stdout=True, capture_stderr=True, check=False, env=env)
-    return done.returncode, done.stdout.decode(), done.stderr.decode()
+    argv = ["ddm", *args, "--config", str(config)]
+    if process:
+        done = await trio.run_process([sys.executable, "-m", "appliance", *argv], stdin=stdin, capture_stdout=True,
+                                      capture_stderr=True, check=False, env=env)
+        return done.returncode, done.stdout.decode(), done.stderr.decode()
+    result = await trio.to_thread.run_sync(lambda: CliRunner().invoke(main, argv, input=stdin, env=env))
+    return result.exit_code, result.stdout, result.stderr
 
 
 @pytest.fixture
@@ -44,12 +53,12 @@ async def test_the_ddm_cli_manages_declarations_and_shows_status(ddm, tmp_path):
         {"Type": "com.apple.configuration.passcode.settings", "Identifier": "pc", "Payload": {"MinimumLength": "x"}}))
     (tmp_path / "odd.json").write_text(json.dumps(configuration("odd", "com.apple.configuration.future.thing")))
 
-    code, out, err = await cli(config, "put", str(tmp_path / "cfg.json"), str(tmp_path / "act.json"))
+    code, out, err = await cli(config, "put", str(tmp_path / "cfg.json"), str(tmp_path / "act.json"), process=True)
     assert code == 0, err
     assert out.splitlines() == ["stored cfg.cli", "stored act.cli"]
     code, out, err = await cli(config, "put", str(tmp_path / "cfg.json"))
     assert (code, out.strip()) == (0, "stored cfg.cli: already so, nothing changed")
-    code, out, err = await cli(config, "put", str(tmp_path / "bad.json"))
+    code, out, err = await cli(config, "put", str(tmp_path / "bad.json"), process=True)
     assert code == 1 and out == "" and err.startswith("error: ") and "Payload.MinimumLength" in err
     assert len(err.strip().splitlines()) == 1
     code, out, err = await cli(config, "put", str(tmp_path / "odd.json"))

@@ -7,10 +7,12 @@ from __future__ import annotations
 import base64
 import json
 import plistlib
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import trio
 
+from appliance.clock import OffsetClock
 from tests.support.ddm_client import DdmClient
 from tests.support.ddm_support import API, activation, configuration, put, setup_set, start_ddm_server
 from tests.support.device_sim import CHECKIN_TYPE
@@ -327,3 +329,25 @@ async def test_a_device_enrolled_again_is_sent_its_declarations_again(ddm):
         assert reply.command["Command"]["RequestType"] == "DeclarativeManagement"
         fresh = await DdmClient(device).follow(reply.command)
         assert "cfg.again" in fresh.fetched
+
+
+async def test_the_sync_timestamp_is_when_the_token_last_changed_by_the_appliances_clock(nursery, tmp_path):
+    clock = OffsetClock()
+    ddm = await start_ddm_server(nursery, tmp_path, apns=False, clock=clock)
+    async with ddm.device(UDID) as device:
+        await device.enroll()
+        async with ddm.api() as api:
+            await setup_set(api, "staff", [configuration("cfg.t")], [UDID])
+        client = DdmClient(device)
+        first = await client.tokens()
+        stamp = datetime.strptime(first["Timestamp"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        assert abs(stamp - clock.now()) < timedelta(minutes=5)
+        clock.advance(timedelta(days=1))
+        assert await client.tokens() == first  # nothing changed: same token, same time
+        async with ddm.api() as api:
+            assert (await put(api, configuration("cfg.t", Echo="new"))).status_code == 204
+        second = await client.tokens()
+        later = datetime.strptime(second["Timestamp"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        assert second["DeclarationsToken"] != first["DeclarationsToken"]
+        assert timedelta(days=1) <= later - stamp < timedelta(days=1, minutes=5)
+    ddm.server.stop()

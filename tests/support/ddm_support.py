@@ -10,6 +10,7 @@ from pathlib import Path
 
 import trio
 
+from appliance.clock import SYSTEM, Clock
 from tests.support.apns_certs import make_ca, make_push_cert, make_server
 from tests.support.apns_standin import StandIn
 from tests.support.device_sim import DeviceSim
@@ -56,7 +57,8 @@ class DdmServer:
             enrollment_id)
 
 
-async def start_ddm_server(nursery, tmp_path: Path, *, apns: bool = True, **overrides) -> DdmServer:
+async def start_ddm_server(nursery, tmp_path: Path, *, apns: bool = True, clock: Clock = SYSTEM,
+                           **overrides) -> DdmServer:
     standin = None
     if apns:
         server_ca, push_ca = make_ca("Stand-in APNs server CA"), make_ca("Stand-in Apple push CA")
@@ -66,7 +68,7 @@ async def start_ddm_server(nursery, tmp_path: Path, *, apns: bool = True, **over
         standin = StandIn.create(identity.cert_pem, identity.key_pem, push_ca.cert_pem)
         await nursery.start(standin.serve)
         overrides["apns"] = {"url": standin.url, "ca_file": str(ca_file), **overrides.get("apns", {})}
-    mdm = await start_mdm_server(nursery, tmp_path, **overrides)
+    mdm = await start_mdm_server(nursery, tmp_path, clock=clock, **overrides)
     if apns:
         cert = make_push_cert(push_ca)
         async with mdm.server.api_client() as api:

@@ -1,6 +1,8 @@
 """First start on an empty data_dir, and every start after: the folder, the appliance CA, the server's TLS
 certificate (when none is configured) and the admin API key. Each file is written atomically and checked
-on the next start, so a first start killed midway recovers cleanly.
+on the next start, so a first start killed midway recovers cleanly. The generated TLS certificate is
+renewed by the same rule as device identities ([renewal] renew_before), at start and, by
+service/own_certificates.py, while the server runs.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from appliance.config import Config
 from appliance.files import ensure_private_dir, write_atomic
 from appliance.identity.ca import ApplianceCA, key_pem
 from appliance.logs import get_logger
+from appliance.protocol.renewal import renewal_starts
 
 log = get_logger("bootstrap")
 
@@ -27,7 +30,6 @@ API_KEY_FILE = "api.key"
 SERVER_KEY_FILE = "server.key"
 SERVER_CERT_FILE = "server.crt"
 LOCAL_NAMES = ["localhost", "127.0.0.1", "::1"]
-RENEW_BEFORE = timedelta(days=30)
 
 
 @dataclass(frozen=True)
@@ -46,8 +48,8 @@ def prepare_data_dir(config: Config) -> Prepared:
     ca = ApplianceCA.load_or_create(data_dir, config.server.organization)
     tls_cert, tls_key, from_ca = config.server.tls_cert, config.server.tls_key, False
     if config.server.tls and tls_cert is None:
-        names = list(dict.fromkeys([config.server.public_host, *LOCAL_NAMES]))
-        tls_cert, tls_key = _server_certificate(ca, data_dir, names)
+        tls_cert, tls_key = data_dir / SERVER_CERT_FILE, data_dir / SERVER_KEY_FILE
+        ensure_server_certificate(ca, config)
         from_ca = True
     return Prepared(
         ca=ca,
@@ -59,19 +61,28 @@ def prepare_data_dir(config: Config) -> Prepared:
     )
 
 
-def _server_certificate(ca: ApplianceCA, data_dir: Path, names: list[str]) -> tuple[Path, Path]:
+def ensure_server_certificate(ca: ApplianceCA, config: Config) -> bool:
+    """The generated TLS certificate in data_dir, issued anew when missing, broken, for other names, or due
+    for renewal. True when a new one was written (the key first: a start killed between the two files
+    finds them mismatched and issues again)."""
+    data_dir = config.data_dir
     cert_path, key_path = data_dir / SERVER_CERT_FILE, data_dir / SERVER_KEY_FILE
-    if not _server_certificate_usable(ca, cert_path, key_path, names):
-        key, certificate = ca.issue_server_certificate(names)
-        write_atomic(key_path, key_pem(key), 0o600)
-        # The chain: leaf first, then our CA, so clients that trust the CA can build the path.
-        chain = certificate.public_bytes(serialization.Encoding.PEM) + ca.certificate_pem
-        write_atomic(cert_path, chain, 0o644)
-        log.info("server_certificate_issued", path=cert_path, names=",".join(names))
-    return cert_path, key_path
+    names = list(dict.fromkeys([config.server.public_host, *LOCAL_NAMES]))
+    renew_before = timedelta(seconds=config.renewal.renew_before)
+    if _server_certificate_usable(ca, cert_path, key_path, names, renew_before):
+        return False
+    key, certificate = ca.issue_server_certificate(names)
+    write_atomic(key_path, key_pem(key), 0o600)
+    # The chain: leaf first, then our CA, so clients that trust the CA can build the path.
+    chain = certificate.public_bytes(serialization.Encoding.PEM) + ca.certificate_pem
+    write_atomic(cert_path, chain, 0o644)
+    log.info("server_certificate_issued", path=cert_path, names=",".join(names),
+             not_after=certificate.not_valid_after_utc.isoformat())
+    return True
 
 
-def _server_certificate_usable(ca: ApplianceCA, cert_path: Path, key_path: Path, names: list[str]) -> bool:
+def _server_certificate_usable(ca: ApplianceCA, cert_path: Path, key_path: Path, names: list[str],
+                               renew_before: timedelta) -> bool:
     try:
         certificate = x509.load_pem_x509_certificate(cert_path.read_bytes())
         key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
@@ -85,7 +96,8 @@ def _server_certificate_usable(ca: ApplianceCA, cert_path: Path, key_path: Path,
         certificate.verify_directly_issued_by(ca.certificate)
     except (ValueError, TypeError, Exception):
         return False
-    if certificate.not_valid_after_utc - RENEW_BEFORE < clock.now():
+    if clock.now() >= renewal_starts(certificate.not_valid_before_utc, certificate.not_valid_after_utc,
+                                     renew_before):
         return False
     try:
         san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value

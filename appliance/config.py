@@ -250,6 +250,25 @@ class EnrollmentConfig(Section):
     profile_identifier: str = "org.mdm-appliance.enroll"
 
 
+class RenewalConfig(Section):
+    """Device identities from our CA, and the generated TLS certificate, are renewed before they expire."""
+
+    # Renewal starts when less than this is left, or half the certificate's lifetime, whichever comes later.
+    renew_before: Seconds = 30 * 86400.0
+    # How often the appliance looks for identities due for renewal and for attempts to retry.
+    check_interval: Seconds = 3600.0
+    # An attempt not completed by then (NotNow, Error, no answer) is replaced by a new one; the wait
+    # doubles from retry_initial up to retry_max.
+    retry_initial: Seconds = 3600.0
+    retry_max: Seconds = 86400.0
+
+    @model_validator(mode="after")
+    def _order(self) -> RenewalConfig:
+        if self.retry_max < self.retry_initial:
+            raise ValueError("retry_max must not be shorter than retry_initial")
+        return self
+
+
 class WebhookConfig(Section):
     url: str | None = None
     hmac_key: str | None = None
@@ -290,6 +309,7 @@ class Config(Section):
     identity: IdentityConfig = IdentityConfig()
     checkin: CheckinConfig = CheckinConfig()
     enrollment: EnrollmentConfig = EnrollmentConfig()
+    renewal: RenewalConfig = RenewalConfig()
     webhook: WebhookConfig = WebhookConfig()
     ddm: DdmConfig = DdmConfig()
     logging: LoggingConfig = LoggingConfig()

@@ -12,6 +12,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from appliance.store.timefmt import from_text, now
 
+RENEWAL_STATES = ("scheduled", "pending", "sent", "done", "failed", "not_renewable")
+
 
 class FleetCollector:
     def __init__(self) -> None:
@@ -62,6 +64,15 @@ class FleetCollector:
         yield declarations
         yield GaugeMetricFamily("mdm_ddm_notifications_waiting", "Enrollments marked for the DDM notifier (their "
                                 "declarations may have changed) and not yet dealt with.", value=snap.get("ddm_dirty", 0))
+        renewals = GaugeMetricFamily("mdm_identity_renewals", "Active devices by the renewal state of their "
+                                     "identity certificate (scheduled, pending, sent, done, failed, "
+                                     "not_renewable).", labels=["state"])
+        for state in RENEWAL_STATES:
+            renewals.add_metric([state], snap["renewals"].get(state, 0))
+        yield renewals
+        yield GaugeMetricFamily("mdm_identity_certificates_expiring", "Active devices whose identity certificate "
+                                "expires within 14 days (none of them renewed yet).",
+                                value=snap["identities_expiring"])
 
 
 def _age(text: str | None) -> float:

@@ -85,6 +85,21 @@ class Metrics:
             "reason (APNs' reason, e.g. BadDeviceToken, or ours, e.g. ConnectionFailed).", ["result", "reason"],
             registry=r,
         )
+        # The appliance's own certificates (appliance/own_certificates.py).
+        self.ca_days_left = Gauge(
+            "mdm_ca_certificate_days_left", "Days until the appliance CA expires (warned about within 365).",
+            registry=r,
+        )
+        self.tls_days_left = Gauge(
+            "mdm_tls_certificate_days_left", "Days until the TLS certificate the listeners serve expires "
+            "(NaN without TLS; a generated one is renewed [renewal] renew_before ahead).", registry=r,
+        )
+        # Identity renewal (appliance/service/renewal.py); devices by renewal state are read at scrape time.
+        self.renewal_attempts = Counter(
+            "mdm_identity_renewal_attempts_total", "Identity renewal attempts by outcome (queued: an "
+            "InstallProfile with the enrollment profile was queued; failed: it could not be built; given_up: "
+            "the certificate expired before it was renewed).", ["outcome"], registry=r,
+        )
         self.push_status = Gauge(
             "mdm_push_status", "Push health as in /healthz: 0 ok, 1 warning (certificate expires within 30 "
             "days, or none imported), 2 error (expired, APNs rejects the certificate, or pushes have been "
@@ -103,6 +118,8 @@ class Metrics:
             self.scep_issued.labels(message_type)
         for outcome in ("delivered", "failed"):
             self.webhook_deliveries.labels(outcome)
+        for outcome in ("queued", "failed", "given_up"):
+            self.renewal_attempts.labels(outcome)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

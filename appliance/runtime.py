@@ -37,6 +37,7 @@ class Runtime:
     push: Any = None
     webhooks: Any = None
     ddm: Any = None
+    renewals: Any = None
     trust: Any = None
     health_checks: list[HealthCheck] = field(default_factory=list)
     # Short phrases for systemd's STATUS= line, e.g. "push cert com.apple.mgmt.X expires in 200 days".

@@ -24,11 +24,14 @@ from appliance import clock as clocks
 from appliance.bootstrap import Prepared, prepare_data_dir
 from appliance.config import Config, parse_listen
 from appliance.logs import get_logger
+from appliance.identity.server_tls import ServerTLS
 from appliance.metrics import Metrics
+from appliance.own_certificates import run_own_certificates
 from appliance.push.scheduler import run_push
 from appliance.runtime import Runtime
 from appliance.service.ddm import run_ddm
 from appliance.service.enrollment import warn_on_changed_urls
+from appliance.service.renewal import run_renewal
 from appliance.startup import check_tls_files, data_dir_failure, database_failure, explained, listener_failure
 from appliance.store.db import run_store
 from appliance.store.faults import StoreUnavailable
@@ -79,12 +82,15 @@ async def serve(config: Config, *, notifier: Notifier | None = None, handle_sign
             await workers.start(run_push, runtime)
             await workers.start(run_webhooks, runtime)
             await workers.start(run_ddm, runtime)
+            await workers.start(run_renewal, runtime)
+            # The TLS certificate the listeners serve, renewed (or reloaded) while they run.
+            server_tls = await workers.start(run_own_certificates, runtime)
             workers.start_soon(_relay_store_faults, runtime)
             interval = watchdog_interval()
             if interval is not None:
                 await workers.start(run_watchdog, notifier, interval)
             async with trio.open_nursery() as listeners:
-                binds, api_binds = await _start_listeners(listeners, runtime, stop)
+                binds, api_binds = await _start_listeners(listeners, runtime, stop, server_tls)
                 await workers.start(_run_status_line, runtime, notifier)
                 await notifier.notify("READY=1")
                 log.info("ready", listen=",".join(binds), api_listen=",".join(api_binds) or None)
@@ -134,16 +140,19 @@ async def devices_phrase(runtime: Runtime) -> str:
     return f"{counts['active']} devices enrolled"
 
 
-async def _start_listeners(nursery, runtime: Runtime, stop: trio.Event) -> tuple[list[str], list[str]]:
+async def _start_listeners(nursery, runtime: Runtime, stop: trio.Event,
+                           server_tls: ServerTLS | None) -> tuple[list[str], list[str]]:
     config = runtime.config
     if config.api.listen:
         with explained(listener_failure(config.server.listen, "[server] listen")):
-            binds = await nursery.start(run_http, runtime, config.server.listen, ALL_ROLES - {"api"}, stop)
+            binds = await nursery.start(run_http, runtime, config.server.listen, ALL_ROLES - {"api"}, stop,
+                                      server_tls)
         with explained(listener_failure(config.api.listen, "[api] listen")):
-            api_binds = await nursery.start(run_http, runtime, config.api.listen, ALL_ROLES - {"device"}, stop)
+            api_binds = await nursery.start(run_http, runtime, config.api.listen, ALL_ROLES - {"device"}, stop,
+                                          server_tls)
         return binds, api_binds
     with explained(listener_failure(config.server.listen, "[server] listen")):
-        return await nursery.start(run_http, runtime, config.server.listen, ALL_ROLES, stop), []
+        return await nursery.start(run_http, runtime, config.server.listen, ALL_ROLES, stop, server_tls), []
 
 
 def hypercorn_config(runtime: Runtime, listen: str) -> HypercornConfig:
@@ -167,11 +176,13 @@ def hypercorn_config(runtime: Runtime, listen: str) -> HypercornConfig:
     return hc
 
 
-async def run_http(runtime: Runtime, listen: str, roles: frozenset[str], stop: trio.Event, *,
-                   task_status=trio.TASK_STATUS_IGNORED) -> None:
+async def run_http(runtime: Runtime, listen: str, roles: frozenset[str], stop: trio.Event,
+                   server_tls: ServerTLS | None = None, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """One hypercorn listener serving the quart-trio app; returns after a graceful stop."""
     app = create_app(runtime, roles)
     hc = hypercorn_config(runtime, listen)
+    if server_tls is not None:
+        tls_peer.serve_certificate_from(hc, server_tls)
     if runtime.config.server.tls and "device" in roles:
         # Devices may authenticate with a TLS client certificate; ask, but do not require one.
         bundle = runtime.config.data_dir / "tls-client-cas.pem"

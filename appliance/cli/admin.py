@@ -136,11 +136,24 @@ def device(config_path, as_json, device_id) -> None:
         click.echo(f"{heading.lower() + ':':15} {value}")
     certificate = found.get("identity_certificate") or {}
     click.echo(f"{'identity cert:':15} {_cell(certificate.get('subject'))} until {_cell(certificate.get('not_after'))}")
+    if certificate:
+        click.echo(f"{'renewal:':15} {_renewal(certificate)}")
     click.echo("")
     _table(found["enrollments"], [("id", "ENROLLMENT"), ("type", "TYPE"), ("user_short_name", "USER"),
                                   ("active", "ACTIVE"), ("last_seen_at", "LAST SEEN"),
                                   ("last_push_result", "LAST PUSH"), ("last_push_at", "PUSHED AT"),
                                   ("last_push_error", "PUSH ERROR"), ("pending_commands", "PENDING")])
+
+
+def _renewal(certificate: dict) -> str:
+    """'pending (attempt 2, next at ...): the device answered NotNow ...', 'scheduled: renewal begins at ...'."""
+    renewal = certificate.get("renewal") or {}
+    facts = [f"attempt {renewal['attempts']}" if renewal.get("attempts") else None,
+             f"next at {_cell(renewal['next_attempt_at'])}" if renewal.get("next_attempt_at") else None]
+    text = renewal.get("state", "-")
+    if any(facts):
+        text += f" ({', '.join(fact for fact in facts if fact)})"
+    return text + (f": {renewal['reason']}" if renewal.get("reason") else "")
 
 
 def _last_push(found: dict) -> str:

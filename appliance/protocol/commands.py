@@ -62,6 +62,13 @@ def build_command(command: Any, command_uuid: str | None = None) -> Command:
         inner = from_json(command, "command")
     except JsonPlistError as exc:
         raise MessageError(str(exc)) from None
+    return new_command(inner, command_uuid)
+
+
+def new_command(inner: dict, command_uuid: str | None = None) -> Command:
+    """A command from its Command dictionary (plist values: bytes for data), as the appliance makes its own
+    (an InstallProfile renewing a device identity) and the JSON form ends up; a new random CommandUUID
+    unless one is given."""
     document = {"CommandUUID": str(uuid.uuid4()) if command_uuid is None else command_uuid, "Command": inner}
     checked_uuid, request_type, _ = _check(document)
     return Command(checked_uuid, request_type, _as_xml(document, "the command"), inner)

@@ -13,6 +13,9 @@ trusted certificate is not enough, it must be the one bound to the device it spe
   that comes with it, Authenticate or any other, moves the binding, and queue and bootstrap token stay.
 - A certificate bound to, replaced on, or issued for one device never speaks for another, and a replaced
   one never comes back.
+- Moving the binding ends the device's identity renewal (service/renewal.py): a proven renewal completes
+  it, a re-enrollment forgets it; either way what is left of its attempts (a queued InstallProfile, unspent
+  challenges tied to the old certificate) goes, so it can never issue a successor to a replaced one.
 The step runs inside the request's write transaction: a refusal raises before anything is written.
 """
 
@@ -32,6 +35,8 @@ from appliance.logs import get_logger
 from appliance.protocol.enrollment import Enrollment
 from appliance.protocol.messages import Authenticate
 from appliance.store import bindings, enrollments, outbox, queue
+from appliance.store import renewal as renewals
+from appliance.store import scep as scep_store
 from appliance.store.timefmt import to_text
 from appliance.webhook.events import reenrollment_event
 
@@ -63,6 +68,8 @@ class Presented:
     sha256: str
     subject: str
     not_after: str
+    not_before: str
+    issuer: str
 
     @classmethod
     def of(cls, certificate: x509.Certificate) -> Presented:
@@ -74,7 +81,8 @@ def _presented(certificate: x509.Certificate) -> Presented:
     # A device sends the same certificate with every request: hash and format it once (certificates
     # hash and compare by their DER, so equal certificates share the entry).
     return Presented(fingerprint(certificate), certificate.subject.rfc4514_string(),
-                     to_text(certificate.not_valid_after_utc))
+                     to_text(certificate.not_valid_after_utc), to_text(certificate.not_valid_before_utc),
+                     certificate.issuer.rfc4514_string())
 
 
 def fingerprint(certificate: x509.Certificate) -> str:
@@ -101,6 +109,8 @@ def binding_step(core: Callable[..., T]) -> Callable[..., T]:
         admission = admit(conn, message, cert)
         if admission.change == REENROLLMENT:
             _clear_previous_enrollment(conn, message.enrollment, admission, options)
+        elif admission.change == RENEWAL:
+            _end_renewal(conn, admission)
         result = core(conn, message, options)
         if admission.change is not None:
             _bind(conn, admission)
@@ -151,6 +161,10 @@ def _clear_previous_enrollment(conn: sqlite3.Connection, enrollment: Enrollment,
     device, cert = admission.device_id, admission.cert
     commands = queue.clear_device(conn, device)
     bootstrap_token, unlock_token = enrollments.forget_previous_enrollment(conn, device)
+    attempt = renewals.forget(conn, device)
+    if attempt is not None:
+        renewals.withdraw(conn, attempt)
+    scep_store.drop_renewal_challenges(conn, device)
     log.warning("device_reenrolled", device_id=device, previous=admission.previous, sha256=cert.sha256,
                 subject=cert.subject, cleared_commands=commands, bootstrap_token_cleared=bootstrap_token,
                 unlock_token_cleared=unlock_token)
@@ -163,9 +177,19 @@ def _clear_previous_enrollment(conn: sqlite3.Connection, enrollment: Enrollment,
         outbox.add(conn, enrollment_id=enrollment.id, topic=topic, body=body)
 
 
+def _end_renewal(conn: sqlite3.Connection, admission: Admission) -> None:
+    """Before the core: the renewal is done, and its InstallProfile is not offered again (a device that took
+    it may still report on it)."""
+    device = admission.device_id
+    attempt = renewals.complete(conn, device, admission.previous, admission.cert.sha256)
+    if attempt is not None:
+        renewals.withdraw(conn, attempt)
+    scep_store.drop_renewal_challenges(conn, device)
+
+
 def _bind(conn: sqlite3.Connection, admission: Admission) -> None:
     device, cert = admission.device_id, admission.cert
-    bindings.bind(conn, device, cert.sha256, cert.subject, cert.not_after)
+    bindings.bind(conn, device, cert.sha256, cert.subject, cert.not_after, cert.not_before, cert.issuer)
     event = "certificate_renewed" if admission.change == RENEWAL else "certificate_bound"
     log.info(event, device_id=device, sha256=cert.sha256, previous=admission.previous)
 

@@ -52,8 +52,8 @@ def new_challenge() -> str:
     return secrets.token_urlsafe(24)
 
 
-def _expiry(config: Config, now: datetime) -> datetime:
-    return now + timedelta(seconds=config.enrollment.challenge_ttl)
+def _expiry(config: Config, now: datetime, ttl: float | None = None) -> datetime:
+    return now + timedelta(seconds=config.enrollment.challenge_ttl if ttl is None else ttl)
 
 
 async def mint_challenge(runtime) -> tuple[str, datetime]:
@@ -64,14 +64,15 @@ async def mint_challenge(runtime) -> tuple[str, datetime]:
     return challenge, expires
 
 
-def mint_challenge_sync(conn: sqlite3.Connection, config: Config, *,
-                        renewal_of: str | None = None) -> tuple[str, datetime]:
+def mint_challenge_sync(conn: sqlite3.Connection, config: Config, *, renewal_of: str | None = None,
+                        ttl: float | None = None) -> tuple[str, datetime]:
     """renewal_of: a device id. The challenge then renews that device's bound identity: sent to the device
     over its authenticated channel, the certificate issued against it is the binding's proven successor and
-    keeps the device's queue and bootstrap token (service/certauth.py). ValueError if nothing is bound."""
+    keeps the device's queue and bootstrap token (service/certauth.py). ValueError if nothing is bound.
+    ttl: seconds it stays valid ([enrollment] challenge_ttl unless given)."""
     renews = certauth.renewal_of(conn, renewal_of) if renewal_of is not None else None
     challenge, now = new_challenge(), utc_now()
-    expires = _expiry(config, now)
+    expires = _expiry(config, now, ttl)
     scep_store.add_challenge(conn, challenge, now, expires, renews)
     if renews is not None:
         log.info("renewal_challenge_minted", device_id=renewal_of, expires_at=to_text(expires))

@@ -59,7 +59,8 @@ def record_successor(conn: sqlite3.Connection, sha256: str, device_id: str, pred
     )
 
 
-def bind(conn: sqlite3.Connection, device_id: str, sha256: str, subject: str | None, not_after: str | None) -> None:
+def bind(conn: sqlite3.Connection, device_id: str, sha256: str, subject: str | None, not_after: str | None,
+         not_before: str | None = None, issuer: str | None = None) -> None:
     """Bind the certificate to the device; a certificate it replaces is remembered as the device's."""
     now = now_text()
     conn.execute(
@@ -69,10 +70,11 @@ def bind(conn: sqlite3.Connection, device_id: str, sha256: str, subject: str | N
         (now, device_id, sha256),
     )
     conn.execute(
-        "INSERT INTO cert_bindings (device_id, sha256, subject, not_after, bound_at) VALUES (?, ?, ?, ?, ?) "
-        "ON CONFLICT (device_id) DO UPDATE SET sha256 = excluded.sha256, subject = excluded.subject, "
-        "not_after = excluded.not_after, bound_at = excluded.bound_at",
-        (device_id, sha256, subject, not_after, now),
+        "INSERT INTO cert_bindings (device_id, sha256, subject, not_after, not_before, issuer, bound_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET sha256 = excluded.sha256,"
+        " subject = excluded.subject, not_after = excluded.not_after, not_before = excluded.not_before,"
+        " issuer = excluded.issuer, bound_at = excluded.bound_at",
+        (device_id, sha256, subject, not_after, not_before, issuer, now),
     )
     # A successor that is now the binding has served its purpose.
     conn.execute("DELETE FROM cert_successors WHERE sha256 = ?", (sha256,))

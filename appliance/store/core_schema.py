@@ -168,4 +168,11 @@ MIGRATIONS = [
         recorded_at  TEXT NOT NULL
     );
     """,
+    """
+    -- What identity renewal needs of the bound certificate: its lifetime starts at not_before, and only
+    -- certificates our CA issued (issuer = the appliance CA's subject) are renewed by the appliance.
+    ALTER TABLE cert_bindings ADD COLUMN not_before TEXT;
+    ALTER TABLE cert_bindings ADD COLUMN issuer TEXT;
+    CREATE INDEX cert_bindings_not_after ON cert_bindings (not_after);
+    """,
 ]

@@ -123,3 +123,12 @@ def spend_challenge(conn: sqlite3.Connection, challenge: str, now: datetime, tra
         (to_text(now), transaction_id, challenge_hash(challenge), to_text(now)),
     ).fetchall()
     return bool(row)
+
+
+def drop_renewal_challenges(conn: sqlite3.Connection, device_id: str) -> int:
+    """Forget the unspent challenges minted to renew this device's identity (its renewal completed, moved
+    on to a new attempt, or the device re-enrolled): an InstallProfile still carrying one then fails at
+    SCEP instead of issuing a successor to a certificate that is no longer the device's."""
+    return conn.execute(
+        "DELETE FROM scep_challenges WHERE renews_device = ? AND used_at IS NULL", (device_id,)
+    ).rowcount

@@ -17,6 +17,7 @@ COMPONENTS = [
     "appliance.store.scep_schema",
     "appliance.store.push_schema",
     "appliance.store.ddm_schema",
+    "appliance.store.renewal_schema",
 ]
 
 

@@ -99,6 +99,11 @@ async def list_devices():
                "after": _cursor(str), "limit": limit + 1}
     rows = await runtime().store.read(lambda conn: fleet.list_devices(conn, **filters))
     page, more = rows[:limit], len(rows) > limit
+    identities = await runtime().renewals.describe([row["id"] for row in page])
+    for row in page:
+        identity = identities.get(row["id"])
+        row["identity_not_after"] = identity["not_after"] if identity else None
+        row["identity_renewal"] = identity["renewal"]["state"] if identity else None
     return jsonify({"devices": page, "next_cursor": _encode_cursor(page[-1]["id"]) if more else None})
 
 
@@ -108,6 +113,8 @@ async def get_device(device_id: str):
     found = await runtime().store.read(fleet.device, device_id)
     if found is None:
         raise ApiError(404, "device_not_found", f"no device with id {device_id!r}")
+    # The bound identity with its issuer, lifetime and renewal (service/renewal.py).
+    found["identity_certificate"] = (await runtime().renewals.describe([device_id])).get(device_id)
     return jsonify(found)
 
 

@@ -7,15 +7,18 @@ from __future__ import annotations
 from prometheus_client import CONTENT_TYPE_LATEST
 from quart import Blueprint, Response
 
+from appliance.service.renewal import EXPIRY_WARNING
 from appliance.store import ddm, fleet, outbox
+from appliance.store import renewal as renewal_store
 from appliance.store.faults import StoreUnavailable
+from appliance.store.timefmt import now, to_text
 from appliance.web.app import runtime
 from appliance.web.auth import require_api_key
 
 blueprint = Blueprint("metrics", __name__)
 
 
-def _snapshot(conn, results_rowid: int) -> dict:
+def _snapshot(conn, results_rowid: int, ca_subject: str, expiry_warning: str) -> dict:
     snap = fleet.snapshot(conn)
     box = outbox.stats(conn)
     snap["outbox_depth"] = box["depth"]
@@ -23,6 +26,8 @@ def _snapshot(conn, results_rowid: int) -> dict:
     snap["new_results"], snap["results_rowid"] = fleet.results_since(conn, results_rowid)
     snap["ddm_declarations"] = ddm.status_summary(conn)
     snap["ddm_dirty"] = ddm.dirty_count(conn)
+    snap["renewals"] = renewal_store.state_counts(conn, ca_subject)
+    snap["identities_expiring"], _ = renewal_store.expiring(conn, expiry_warning, limit=0)
     return snap
 
 
@@ -34,7 +39,9 @@ async def metrics():
     # One scrape at a time: each adds the results stored since the previous one to the running counts.
     async with collector.lock:
         try:
-            collector.update(await rt.store.read(_snapshot, collector.results_rowid))
+            collector.update(await rt.store.read(_snapshot, collector.results_rowid,
+                                                 rt.ca.certificate.subject.rfc4514_string(),
+                                                 to_text(now() + EXPIRY_WARNING)))
         except StoreUnavailable:
             pass  # the database figures stay those of the last scrape; mdm_store_status says why
         body = rt.metrics.render()

@@ -163,6 +163,26 @@ SCHEMAS: dict = {
             "last_push_result": _nullable("string"), "last_push_error": _nullable("string"),
             "token_invalid_at": _nullable("string"),
             "pending_commands": {"type": "integer"},
+            "identity_not_after": _nullable("string", description="When the bound identity certificate "
+                                            "expires (null: none bound)."),
+            "identity_renewal": _nullable("string", description="Its renewal state (see IdentityRenewal)."),
+        },
+    },
+    "IdentityRenewal": {
+        "type": "object", "required": ["state"],
+        "properties": {
+            "state": {"type": "string", "enum": ["scheduled", "pending", "sent", "done", "failed", "not_renewable"],
+                      "description": "scheduled: not begun (renews_at says when); pending: the InstallProfile "
+                      "with the enrollment profile is queued (or was answered NotNow); sent: the device took it "
+                      "and has not presented its new certificate yet; done: it uses the renewed certificate; "
+                      "failed: the attempt ended in Error, its command was removed, or the certificate expired "
+                      "first (next_attempt_at says when the next attempt comes, if any); not_renewable: "
+                      "issued by another CA."},
+            "reason": _nullable("string"), "renews_at": _nullable("string"),
+            "attempts": {"type": "integer"}, "command_uuid": _nullable("string"),
+            "attempted_at": _nullable("string"), "next_attempt_at": _nullable("string"),
+            "last_failure": _nullable("string", description="Why the attempt before did not complete."),
+            "completed_at": _nullable("string"),
         },
     },
     "Enrollment": {
@@ -187,8 +207,11 @@ SCHEMAS: dict = {
                 "enrollments": {"type": "array", "items": _ref("Enrollment"),
                                 "description": "The device channel first, then user channels."},
                 "identity_certificate": {"type": "object", "nullable": True, "properties": {
-                    "sha256": {"type": "string"}, "subject": _nullable("string"),
-                    "not_after": _nullable("string"), "bound_at": {"type": "string"}}},
+                    "sha256": {"type": "string"}, "subject": _nullable("string"), "issuer": _nullable("string"),
+                    "issued_by_appliance": {"type": "boolean"},
+                    "not_before": _nullable("string"), "not_after": _nullable("string"),
+                    "bound_at": {"type": "string"}, "days_left": _nullable("number"),
+                    "renewal": _ref("IdentityRenewal")}},
             }}],
     },
     "DevicePage": {

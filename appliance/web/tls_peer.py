@@ -130,3 +130,16 @@ def request_client_certificates(hypercorn_config: HypercornConfig, ca_bundle: Pa
     hypercorn_config.verify_flags = ssl.VerifyFlags(
         ssl.VERIFY_X509_TRUSTED_FIRST | ssl.VERIFY_X509_PARTIAL_CHAIN
     ) | _VERIFY_NO_CHECK_TIME
+
+
+def serve_certificate_from(hypercorn_config: HypercornConfig, server_tls) -> None:
+    """Hand the SSLContext hypercorn builds for this listener to `server_tls` (identity.server_tls), so a
+    renewed certificate reaches new handshakes without a restart. hypercorn builds it once per serve, with
+    Config.create_ssl_context (public API), which this wraps."""
+    build = hypercorn_config.create_ssl_context
+
+    def create_ssl_context():
+        context = build()
+        return server_tls.track(context) if context is not None else None
+
+    hypercorn_config.create_ssl_context = create_ssl_context

@@ -278,12 +278,16 @@ async def test_a_tied_challenge_proves_only_the_binding_it_was_minted_for(site):
         await first.enroll()
     mint = functools.partial(enrollment.mint_challenge_sync, config=mdm.server.config, renewal_of="UDID-T")
     challenge, _ = await mdm.server.runtime.store.write(mint)
+    unspent, _ = await mdm.server.runtime.store.write(mint)
+    late_cert, late_key = await _scep_identity(mdm, "UDID-T", challenge=challenge)
     # The device re-enrolls with another identity before the renewal is presented.
     wiped_cert, wiped_key = await _scep_identity(mdm, "UDID-T")
     async with _device(mdm, wiped_cert, wiped_key, "UDID-T") as wiped:
         await wiped.enroll()
         await mdm.enqueue("T-1", ["UDID-T"])
-    late_cert, late_key = await _scep_identity(mdm, "UDID-T", challenge=challenge)
+    # A tied challenge not spent yet went with the old binding: it issues nothing now.
+    refused = await _scep(mdm, scep_client.Requester(common_name="UDID-T", challenge=unspent))
+    assert (refused.status, refused.fail_info) == (2, 2)
     # Not a successor of the current binding: presented without Authenticate it is refused ...
     async with _device(mdm, late_cert, late_key, "UDID-T") as late:
         before = await _state(mdm)

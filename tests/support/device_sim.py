@@ -12,6 +12,9 @@ PKCS7SignatureBuilder for Mdm-Signature (detached, DER), h11 over a trio TLS str
         while reply.command is not None:                # the command plist as a dict
             reply = await device.acknowledge(reply.command_uuid)
         done = await device.answer_commands()           # or: answer every queued command as a Mac would
+        # an InstallProfile carrying the enrollment profile (identity renewal): SCEP with its challenge,
+        # then every request goes with the new identity
+        cert, key, profile = await device.install_enrollment_profile(command["Command"]["Payload"])
 
 Every request carries Mdm-Signature unless sign=False (then give an ssl_context that holds the
 device certificate as TLS client certificate, see client_context()). One keep-alive connection per
@@ -24,8 +27,10 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
 import plistlib
 import ssl
+import subprocess
 import tempfile
 import uuid as uuidlib
 from dataclasses import dataclass, field
@@ -38,7 +43,7 @@ import trio
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.serialization import pkcs7
+from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 CHECKIN_TYPE = "application/x-apple-aspen-mdm-checkin"
@@ -116,6 +121,26 @@ def mdm_signature(body: bytes, cert: x509.Certificate, key: Any, hash_algorithm=
         .sign(serialization.Encoding.DER, [pkcs7.PKCS7Options.DetachedSignature, pkcs7.PKCS7Options.Binary])
     )
     return base64.b64encode(signed).decode("ascii")
+
+
+def read_profile(payload: bytes, ca_file: Path | str | None = None) -> dict:
+    """A .mobileconfig as a dict: plain, or CMS-signed (verified by openssl against ca_file, when given)."""
+    if payload.lstrip()[:1] == b"<" or payload.startswith(b"bplist"):
+        return plistlib.loads(payload)
+    command = ["openssl", "cms", "-verify", "-inform", "DER", "-binary", "-purpose", "any"]
+    command += ["-CAfile", str(ca_file)] if ca_file is not None else ["-noverify"]
+    done = subprocess.run(command, input=payload, capture_output=True, timeout=30)
+    if done.returncode != 0:
+        raise AssertionError(f"signed profile does not verify: {done.stderr.decode(errors='replace')}")
+    return plistlib.loads(done.stdout)
+
+
+class ScepRefused(Exception):
+    """The SCEP server answered FAILURE (fail_info: RFC 8894 failInfo)."""
+
+    def __init__(self, fail_info: int | None) -> None:
+        super().__init__(f"SCEP FAILURE, failInfo {fail_info}")
+        self.fail_info = fail_info
 
 
 # --- HTTP --------------------------------------------------------------------------------------------
@@ -336,6 +361,49 @@ class DeviceSim:
 
     async def not_now(self, command_uuid: str) -> Reply:
         return await self.report("NotNow", command_uuid)
+
+    # profiles ------------------------------------------------------------------------------------------
+
+    async def install_enrollment_profile(self, payload: bytes, ca_file: Path | str | None = None
+                                         ) -> tuple[x509.Certificate, Any, dict]:
+        """What a device does with an InstallProfile whose Payload is an MDM enrollment profile: read it
+        (a signed one is verified against ca_file first), get the identity it describes (SCEP with the
+        payload's URL, Challenge and CAFingerprint, or the PKCS#12 it carries) and take it as this device's
+        identity from now on. Returns (certificate, key, the profile)."""
+        profile = read_profile(payload, ca_file)
+        payloads = {item["PayloadType"]: item for item in profile["PayloadContent"]}
+        if "com.apple.security.scep" in payloads:
+            cert, key = await self._scep_enroll(payloads["com.apple.security.scep"]["PayloadContent"])
+        else:
+            pkcs = payloads["com.apple.security.pkcs12"]
+            key, cert, _ = pkcs12.load_key_and_certificates(pkcs["PayloadContent"], pkcs["Password"].encode())
+        self.cert, self.key = cert, key
+        return cert, key, profile
+
+    async def _scep_enroll(self, scep: dict) -> tuple[x509.Certificate, Any]:
+        from tests.support import scep_client  # independent of the appliance too
+
+        url = urlsplit(scep["URL"])
+        connection = Connection(f"{url.scheme}://{url.netloc}", self.connection.ssl_context)
+        try:
+            reply = await connection.request("GET", f"{url.path}?operation=GetCACert", [], b"")
+            assert reply.status == 200, reply.text
+            if "CAFingerprint" in scep:  # the device refuses any other CA
+                assert hashlib.sha1(reply.body).digest() == scep["CAFingerprint"], "CAFingerprint mismatch"
+            ca = x509.load_der_x509_certificate(reply.body)
+            (common_name,) = [value for ((oid, value),) in scep["Subject"] if oid == "CN"]
+            requester = scep_client.Requester(common_name=common_name, challenge=scep.get("Challenge"))
+            request = scep_client.pkcs_req(requester, ca)
+            reply = await connection.request("POST", f"{url.path}?operation=PKIOperation",
+                                             [("Content-Type", "application/x-pki-message")], request.der)
+        finally:
+            await connection.close()
+        assert reply.status == 200, reply.text
+        answer = scep_client.read_cert_rep(reply.body, ca, request)
+        if answer.status != 0:
+            raise ScepRefused(answer.fail_info)
+        (cert,) = answer.certificates
+        return cert, requester.key
 
     async def answer_commands(self, limit: int = 50) -> list[tuple[str, str]]:
         """Idle, then answer each command the server hands out as a Mac would (result_for), until the

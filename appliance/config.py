@@ -167,6 +167,10 @@ class StorageConfig(Section):
 class ApiConfig(Section):
     key: str | None = Field(default=None, min_length=16)
     listen: Listen | None = None
+    # After this many wrong keys from one client within key_guess_window, that client gets 429 until
+    # the window has passed, even with the right key (0: no limit).
+    key_guess_limit: int = Field(default=10, ge=0)
+    key_guess_window: Seconds = 600.0
 
 
 class ApnsConfig(Section):
@@ -246,6 +250,9 @@ class EnrollmentConfig(Section):
     # address's challenges fail until the window has passed (0: no limit).
     challenge_guess_limit: int = Field(default=10, ge=0)
     challenge_guess_window: Seconds = 600.0
+    # The same for wrong enrollment-profile secrets (GET /mdm/enroll answers 429 meanwhile).
+    secret_guess_limit: int = Field(default=10, ge=0)
+    secret_guess_window: Seconds = 600.0
     sign_profile: bool = False
     profile_identifier: str = "org.mdm-appliance.enroll"
 

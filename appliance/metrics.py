@@ -60,6 +60,15 @@ class Metrics:
             "mdm_ddm_notifications_total", "DeclarativeManagement commands queued or brought up to date because "
             "an enrollment's declarations changed (or on request).", registry=r,
         )
+        # Guessing limits (identity.guesses): every wrong secret, and what the limits turned away.
+        self.failed_authentications = Counter(
+            "mdm_failed_authentications_total", "Wrong secrets presented, by secret (api_key, "
+            "enrollment_secret, scep_challenge).", ["secret"], registry=r,
+        )
+        self.guess_limit_refusals = Counter(
+            "mdm_guess_limit_refusals_total", "Requests refused (429, or SCEP FAILURE) because their client "
+            "sent too many wrong secrets within the window, by secret.", ["secret"], registry=r,
+        )
         self.up_since = Gauge("mdm_start_time_seconds", "When this process started (UNIX time).", registry=r)
         # Group commit at work: write jobs (device requests, API calls) per COMMIT (one fsync each).
         self.store = StoreCollector()
@@ -120,6 +129,9 @@ class Metrics:
             self.webhook_deliveries.labels(outcome)
         for outcome in ("queued", "failed", "given_up"):
             self.renewal_attempts.labels(outcome)
+        for secret in ("api_key", "enrollment_secret", "scep_challenge"):
+            self.failed_authentications.labels(secret)
+            self.guess_limit_refusals.labels(secret)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -44,13 +44,18 @@ class Runtime:
     status_phrases: list[Callable[[], Awaitable[str | None]]] = field(default_factory=list)
     # Set by refresh_status(): the STATUS= line is rewritten now rather than at its next minute.
     status_changed: trio.Event = field(default_factory=trio.Event)
-    # Wrong SCEP challenges per client address, limited as [enrollment] says.
+    # Wrong secrets per client, limited as the config says (identity.guesses): SCEP challenges,
+    # enrollment-profile secrets, admin API keys.
     scep_guesses: GuessLimit = field(init=False)
+    enrollment_secret_guesses: GuessLimit = field(init=False)
+    api_key_guesses: GuessLimit = field(init=False)
 
     def refresh_status(self) -> None:
         """A part's health changed: rewrite systemd's STATUS= line now."""
         self.status_changed.set()
 
     def __post_init__(self) -> None:
-        enrollment = self.config.enrollment
+        enrollment, api = self.config.enrollment, self.config.api
         self.scep_guesses = GuessLimit(enrollment.challenge_guess_limit, enrollment.challenge_guess_window)
+        self.enrollment_secret_guesses = GuessLimit(enrollment.secret_guess_limit, enrollment.secret_guess_window)
+        self.api_key_guesses = GuessLimit(api.key_guess_limit, api.key_guess_window)

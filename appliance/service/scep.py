@@ -103,9 +103,10 @@ async def _enroll(runtime, request: PkiMessage, client: str | None) -> ScepAnswe
     # wrong one costs no issuing) and spent atomically with the record below.
     authorized, one_time = await _authorization(runtime, request, csr, now, client, renewal_signer)
     if not authorized:
-        limited = runtime.scep_guesses.blocked(client)
-        return _wrong_challenge(runtime, request, client, "too many wrong challenges from this address"
-                                if limited else "challenge password missing or wrong")
+        if runtime.scep_guesses.blocked(client):
+            runtime.metrics.guess_limit_refusals.labels("scep_challenge").inc()
+            return _failure(runtime, request, FailInfo.BAD_REQUEST, "too many wrong challenges from this address")
+        return _wrong_challenge(runtime, request, client, "challenge password missing or wrong")
 
     settings = runtime.config.enrollment
     certificate = ca.issue(csr.csr.public_key(), csr.csr.subject,
@@ -168,6 +169,7 @@ def _replay(runtime, request: PkiMessage, recorded: scep_store.IssuedCertificate
 
 
 def _wrong_challenge(runtime, request: PkiMessage, client: str | None, reason: str) -> ScepAnswer:
+    runtime.metrics.failed_authentications.labels("scep_challenge").inc()
     if runtime.scep_guesses.wrong_guess(client):
         log.warning("scep_challenge_guessing_limited", client=client,
                     limit=runtime.scep_guesses.limit, window_seconds=runtime.scep_guesses.window)

@@ -66,7 +66,8 @@ def create_app(rt: Runtime, roles: frozenset[str] = ALL_ROLES) -> Quart:
     @app.errorhandler(HTTPException)
     async def _http_error(exc: HTTPException) -> Response:
         if _is_api(request.path) or isinstance(exc, ApiError):  # ApiError: /metrics too
-            return api_error(exc.code or 500, getattr(exc, "error_code", None) or slug(exc), exc.description or "")
+            return api_error(exc.code or 500, getattr(exc, "error_code", None) or slug(exc), exc.description or "",
+                             getattr(exc, "retry_after", None))
         return text_error(exc.code or 500, exc.description or exc.name)
 
     @app.errorhandler(StoreUnavailable)

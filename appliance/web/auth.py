@@ -1,5 +1,6 @@
 """Admin API authentication: HTTP Basic with any user name and the key as password (NanoMDM scripts send
-"nanomdm:KEY", MicroMDM ones "micromdm:KEY"), or "Authorization: Bearer KEY". Compared in constant time."""
+"nanomdm:KEY", MicroMDM ones "micromdm:KEY"), or "Authorization: Bearer KEY". Compared in constant time,
+and guessing is limited per client ([api] key_guess_limit within key_guess_window, then 429)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,12 @@ import hmac
 
 from quart import request
 
+from appliance.logs import get_logger
 from appliance.web.app import runtime
 from appliance.web.errors import ApiError
+from appliance.web.guessing import client_address
+
+log = get_logger("auth")
 
 
 def basic_password() -> str | None:
@@ -34,16 +39,35 @@ def presented_key() -> str | None:
     return basic_password()
 
 
-def key_is_valid(key: str | None) -> bool:
-    expected = runtime().api_key.encode()
-    return key is not None and hmac.compare_digest(key.encode(), expected)
+def secret_matches(presented: str, expected: str) -> bool:
+    """Constant time: how much of a guess was right must not show in how long the answer takes."""
+    return hmac.compare_digest(presented.encode(), expected.encode())
+
+
+def check_api_key() -> None:
+    """Raise the API's 401 or 429 unless the request carries the key and its client may still guess."""
+    rt = runtime()
+    guesses, client = rt.api_key_guesses, client_address()
+    if guesses.blocked(client):
+        rt.metrics.guess_limit_refusals.labels("api_key").inc()
+        wait = guesses.retry_after(client)
+        raise ApiError(429, "too_many_guesses", f"too many wrong API keys from {client}: every request from "
+                       f"there is refused for {wait} s more, even with the right key", retry_after=wait)
+    key = presented_key()
+    if key is not None and secret_matches(key, rt.api_key):
+        return
+    if key is not None:  # no credentials at all guess nothing (a client's first try, a health probe)
+        rt.metrics.failed_authentications.labels("api_key").inc()
+        if guesses.wrong_guess(client):
+            log.warning("api_key_guessing_limited", client=client, limit=guesses.limit,
+                        window_seconds=guesses.window)
+    raise ApiError(401, "unauthorized", "missing or wrong API key (HTTP Basic with the key as password, or Bearer)")
 
 
 def require_api_key(handler):
     @functools.wraps(handler)
     async def checked(*args, **kwargs):
-        if not key_is_valid(presented_key()):
-            raise ApiError(401, "unauthorized", "missing or wrong API key (HTTP Basic with the key as password, or Bearer)")
+        check_api_key()
         return await handler(*args, **kwargs)
 
     return checked

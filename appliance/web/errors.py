@@ -14,23 +14,32 @@ from appliance.store.faults import StoreUnavailable
 class ApiError(HTTPException):
     """Raise from a /v1 handler: answered as JSON with a stable code."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, retry_after: int | None = None) -> None:
         super().__init__(description=message)
         self.code = status
         self.error_code = code
         self.message = message
+        self.retry_after = retry_after
 
     def get_response(self, environ=None, scope=None) -> Response:  # noqa: ARG002
-        return api_error(self.code, self.error_code, self.message)
+        return api_error(self.code, self.error_code, self.message, self.retry_after)
 
 
-def api_error(status: int, code: str, message: str) -> Response:
+def api_error(status: int, code: str, message: str, retry_after: int | None = None) -> Response:
     body = json.dumps({"error": {"code": code, "message": message}})
-    return Response(body, status=status, content_type="application/json")
+    return _retry_after(Response(body, status=status, content_type="application/json"), retry_after)
 
 
-def text_error(status: int, reason: str) -> Response:
-    return Response(reason + "\n", status=status, content_type="text/plain; charset=utf-8")
+def text_error(status: int, reason: str, retry_after: int | None = None) -> Response:
+    response = Response(reason + "\n", status=status, content_type="text/plain; charset=utf-8")
+    return _retry_after(response, retry_after)
+
+
+def _retry_after(response: Response, seconds: int | None) -> Response:
+    """429 and 503 say when to come back (RFC 9110 10.2.3: whole seconds)."""
+    if seconds is not None:
+        response.headers["Retry-After"] = str(seconds)
+    return response
 
 
 def unavailable(exc: StoreUnavailable, *, api: bool) -> Response:

@@ -27,9 +27,17 @@ def _error(description: str) -> dict:
     return _json(_ref("Error"), description)
 
 
+_AUTH_ERRORS = {
+    "401": _error("Missing or wrong API key."),
+    "429": {**_error("Too many wrong API keys from this client within [api] key_guess_window (code "
+                     "too_many_guesses): every request from it is refused until the window has passed, "
+                     "even with the right key."),
+            "headers": {"Retry-After": {"description": "Seconds until the client may try again.",
+                                        "schema": {"type": "integer"}}}},
+}
 _STD_ERRORS = {
     "400": _error("The request is wrong as a whole (the message says how)."),
-    "401": _error("Missing or wrong API key."),
+    **_AUTH_ERRORS,
     "503": _error("The database cannot take the request now (disk full, I/O error, locked by another "
                   "process; code storage_unavailable): nothing of it was stored. Send it again after the "
                   "Retry-After header's seconds."),
@@ -324,7 +332,7 @@ PATHS: dict = {
             "summary": "Cancel a command wherever it is still pending.",
             "parameters": [_UUID],
             "responses": {"200": _json(_ref("Cancelled"), "How many queue rows were taken off."),
-                          "404": _error("No such command."), "401": _STD_ERRORS["401"],
+                          "404": _error("No such command."), **_AUTH_ERRORS,
                           "503": _STD_ERRORS["503"]},
         },
     },
@@ -333,7 +341,7 @@ PATHS: dict = {
                    "platforms, and whether it is destructive.",
         "description": "Facts from Apple's device-management schema. ?strict=1 on the enqueue routes checks "
                        "commands against it.",
-        "responses": {"200": _json(_ref("Catalog"), "The catalog."), "401": _STD_ERRORS["401"]},
+        "responses": {"200": _json(_ref("Catalog"), "The catalog."), **_AUTH_ERRORS},
     }},
     "/v1/devices": {"get": {
         "summary": "Devices, paged, filterable.",
@@ -348,7 +356,7 @@ PATHS: dict = {
         "summary": "One device with its channels (device and users) and identity certificate.",
         "parameters": [_DEVICE_ID],
         "responses": {"200": _json(_ref("DeviceDetail"), "The device."), "404": _error("No such device."),
-                      "401": _STD_ERRORS["401"],
+                      **_AUTH_ERRORS,
                       "503": _STD_ERRORS["503"]},
     }},
     "/v1/devices/{device_id}/commands": {"get": {
@@ -361,7 +369,7 @@ PATHS: dict = {
         "summary": "Take every pending command off one enrollment's queue.",
         "parameters": [_ENROLLMENT_ID],
         "responses": {"200": _json(_ref("Cleared"), "How many were taken off."),
-                      "404": _error("No such enrollment."), "401": _STD_ERRORS["401"],
+                      "404": _error("No such enrollment."), **_AUTH_ERRORS,
                       "503": _STD_ERRORS["503"]},
     }},
     "/v1/push/{ids}": {
@@ -397,13 +405,13 @@ PATHS: dict = {
             "responses": {"200": _json(_ref("PushCert"), "Topic and expiry."),
                           "404": _error("No push certificate imported yet."),
                           "500": _error("The stored certificate cannot be read."),
-                          "401": _STD_ERRORS["401"],
+                          **_AUTH_ERRORS,
                           "503": _STD_ERRORS["503"]},
         },
     },
     "/v1/challenges": {"post": {
         "summary": "Mint a one-time SCEP challenge.",
-        "responses": {"201": _json(_ref("Challenge"), "The challenge."), "401": _STD_ERRORS["401"],
+        "responses": {"201": _json(_ref("Challenge"), "The challenge."), **_AUTH_ERRORS,
                       "503": _STD_ERRORS["503"]},
     }},
     "/v1/openapi.json": {"get": {

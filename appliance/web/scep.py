@@ -13,10 +13,10 @@ from urllib.parse import unquote
 
 from quart import Blueprint, Response, request
 
-from appliance.identity.peer import is_trusted_proxy
 from appliance.service import scep as scep_service
 from appliance.web.app import runtime
 from appliance.web.errors import text_error
+from appliance.web.guessing import client_address
 
 blueprint = Blueprint("scep", __name__)
 
@@ -33,17 +33,6 @@ def decode_get_message(text: str) -> bytes | None:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         return None
-
-
-def client_address() -> str | None:
-    """Who sent the request, for the challenge-guessing limit: the TCP peer, or behind one of
-    `[identity] trusted_proxies` the address that proxy appended to X-Forwarded-For (the last
-    one: anything before it was written by the client and proves nothing)."""
-    peer = request.remote_addr
-    if is_trusted_proxy(peer, runtime().config.identity.trusted_proxies):
-        forwarded = request.headers.get("X-Forwarded-For", "").rsplit(",", 1)[-1].strip()
-        return forwarded or peer
-    return peer
 
 
 def _answer(answer: scep_service.ScepAnswer) -> Response:

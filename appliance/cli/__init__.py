@@ -1,6 +1,7 @@
-"""The `mdm-appliance` command: a thin click shell over the package. Commands that act on a running
-server talk to its admin API (URL and key from the config, so they work on the box with no flags);
-commands that prepare state (push certificates, profiles) work on data_dir directly."""
+"""The `mdm-appliance` command: a thin click shell over the package. Commands talk to the running
+server's admin API (URL and key from the config, so they work on the box with no flags); those that
+also work without a server (push certificate, profile, challenge, enrollment URLs) then open the
+database themselves, never migrating it (only `serve` does) and never waiting long for its locks."""
 
 from __future__ import annotations
 

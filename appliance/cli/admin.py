@@ -21,7 +21,14 @@ import click
 
 from appliance.bootstrap import DB_FILE
 from appliance.cli import main
-from appliance.cli.common import ApiClient, CliError, config_option, load_config_or_exit
+from appliance.cli.common import (
+    LOCK_WAIT_SECONDS,
+    ApiClient,
+    CliError,
+    config_option,
+    database_error,
+    load_config_or_exit,
+)
 from appliance.protocol import catalog, results
 from appliance.protocol.commands import parse_command
 from appliance.protocol.errors import MessageError
@@ -505,6 +512,8 @@ def backup(config_path, dest: Path) -> None:
         dest.mkdir(mode=0o700, parents=True, exist_ok=True)
         contents = _backup_database(source_db, dest / DB_FILE)
         files = _copy_secrets(source_dir, dest)
+    except sqlite3.OperationalError as exc:
+        raise database_error(source_db, exc) from None
     except (OSError, sqlite3.Error) as exc:
         raise CliError(f"backup failed: {exc}") from None
     held = ", ".join(f"{count} {what}" for what, count in contents.items())
@@ -520,8 +529,12 @@ _SUMMARY = {"devices": "devices", "enrollments": "enrollments", "queue": "queued
 def _backup_database(source: Path, target: Path) -> dict[str, int]:
     """SQLite's online backup from inside one read transaction: a consistent snapshot while the server
     keeps writing (WAL lets it), copied in steps so the progress bar moves. Returns what the copy holds,
-    read back from the copy itself after its integrity check."""
-    src = sqlite3.connect(str(source), isolation_level=None, timeout=30)  # reads only
+    read back from the copy itself after its integrity check. Any schema is copied as it is (a backup
+    is what one takes before an upgrade), and nothing is migrated."""
+    from appliance.store.db import connect_sync
+
+    # Reads only; a lock wait (a checkpoint, say) ends after LOCK_WAIT_SECONDS.
+    src = connect_sync(source, migrate=False, busy_timeout=LOCK_WAIT_SECONDS, create=False)
     old_umask = os.umask(0o077)
     try:
         dst = sqlite3.connect(str(target), isolation_level=None)

@@ -1,8 +1,8 @@
-"""`enroll-profile` (offline, from the config and data_dir) and `challenge` (asks the running server)."""
+"""`enroll-profile`, `enrollment-urls` and `challenge`: through the running server's admin API when one
+serves this config, else on the config and data_dir directly (a server started later sees the result)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 from pathlib import Path
@@ -10,7 +10,14 @@ from pathlib import Path
 import click
 
 from appliance.cli import main
-from appliance.cli.common import ApiClient, CliError, config_option, load_config_or_exit
+from appliance.cli.common import (
+    CliError,
+    config_option,
+    database,
+    load_config_or_exit,
+    serving_api,
+    transaction,
+)
 
 
 @main.command("enroll-profile")
@@ -20,7 +27,7 @@ from appliance.cli.common import ApiClient, CliError, config_option, load_config
 def enroll_profile(config_path, out) -> None:
     """Write the enrollment profile, the same file GET /mdm/enroll serves.
 
-    Works without a running server (it reads the config and data_dir). With
+    Asks the running server for it, or without one builds it from the config and data_dir. With
     [enrollment] one_time_challenge = true each file carries a fresh challenge, valid once
     for [enrollment] challenge_ttl.
 
@@ -29,18 +36,15 @@ def enroll_profile(config_path, out) -> None:
     """
     from appliance.files import write_atomic
     from appliance.protocol.profile import ProfileError
-    from appliance.service import enrollment
-    from appliance.store import scep as scep_store
 
     config = load_config_or_exit(config_path)
+    api = serving_api(config)
     try:
-        with _transaction(config) as (prepared, conn):
-            inputs = enrollment.prepare_profile(conn, config)
-            data, record = enrollment.render_profile(
-                config, prepared.ca, inputs, server_cert_from_ca=prepared.server_cert_from_ca,
-                tls_cert=prepared.tls_cert, tls_key=prepared.tls_key)
-            if record is not None:
-                scep_store.record_issued(conn, record)
+        if api is not None:
+            _, data = api.call("POST", "/v1/enrollment-profile", raw=True)
+            source = f"from the server at {api.url}"
+        else:
+            data, source = _offline_profile(config), "built from data_dir (no server running)"
     except ProfileError as exc:
         raise CliError(str(exc)) from None
     if out == "-":
@@ -51,7 +55,31 @@ def enroll_profile(config_path, out) -> None:
         write_atomic(Path(out), data, 0o600)
     except OSError as exc:
         raise CliError(f"cannot write {out}: {exc.strerror or exc}") from None
-    click.echo(f"wrote {out} ({len(data)} bytes)", err=True)
+    click.echo(f"wrote {out} ({len(data)} bytes, {source})", err=True)
+
+
+def _offline_profile(config) -> bytes:
+    """As the server builds it: two short write transactions, the slow rendering between them."""
+    from appliance.bootstrap import prepare_data_dir
+    from appliance.protocol.profile import check_public_url
+    from appliance.service import enrollment
+    from appliance.store import scep as scep_store
+
+    check_public_url(config.server.public_url)  # before anything is opened, minted or recorded
+    with database(config) as conn:
+        try:
+            prepared = prepare_data_dir(config)
+        except (OSError, ValueError) as exc:
+            raise CliError(f"cannot read the data directory {config.data_dir}: {exc}") from None
+        with transaction(conn):
+            inputs = enrollment.prepare_profile(conn, config)
+        data, record = enrollment.render_profile(
+            config, prepared.ca, inputs, server_cert_from_ca=prepared.server_cert_from_ca,
+            tls_cert=prepared.tls_cert, tls_key=prepared.tls_key)
+        if record is not None:
+            with transaction(conn):
+                scep_store.record_issued(conn, record)
+    return data
 
 
 @main.command("enrollment-urls")
@@ -71,54 +99,49 @@ def enrollment_urls(config_path, forget_changed) -> None:
     from appliance.service import enrollment
 
     config = load_config_or_exit(config_path)
-    with _transaction(config) as (_, conn):
-        if forget_changed:
-            for entry in enrollment.forget_changed_urls(conn, config):
-                click.echo(f"forgot {entry['server_url']} (topic {entry['topic']})", err=True)
-        for problem in enrollment.url_mismatches(conn, config):
-            click.echo(f"warning: {problem}", err=True)
-        for entry in enrollment.recorded_url_sets(conn):
-            click.echo(f"{entry['topic']}  {entry['server_url']}  {entry['checkin_url']}  "
-                       f"(profiles built {entry['first_built_at']} .. {entry['last_built_at']})")
-
-
-@contextlib.contextmanager
-def _transaction(config):
-    """(prepared data dir, connection) inside one write transaction, committed unless an exception
-    leaves the block; works next to a running server (SQLite WAL, BEGIN IMMEDIATE waits its turn)."""
-    from appliance.bootstrap import prepare_data_dir
-    from appliance.store.db import connect_sync
-
-    try:
-        prepared = prepare_data_dir(config)
-        conn = connect_sync(prepared.db_path, config.storage.synchronous)
-    except (OSError, RuntimeError) as exc:
-        raise CliError(f"cannot open the data directory {config.data_dir}: {exc}") from None
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield prepared, conn
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-    finally:
-        conn.close()
+    api = serving_api(config)
+    if api is not None:
+        forgotten = api.call("DELETE", "/v1/enrollment-urls/changed")[1]["forgotten"] if forget_changed else []
+        listed = api.call("GET", "/v1/enrollment-urls")[1]
+        url_sets, warnings = listed["url_sets"], listed["warnings"]
+    else:
+        with database(config) as conn, transaction(conn):
+            forgotten = enrollment.forget_changed_urls(conn, config) if forget_changed else []
+            url_sets, warnings = enrollment.recorded_url_sets(conn), enrollment.url_mismatches(conn, config)
+    for entry in forgotten:
+        click.echo(f"forgot {entry['server_url']} (topic {entry['topic']})", err=True)
+    for problem in warnings:
+        click.echo(f"warning: {problem}", err=True)
+    for entry in url_sets:
+        click.echo(f"{entry['topic']}  {entry['server_url']}  {entry['checkin_url']}  "
+                   f"(profiles built {entry['first_built_at']} .. {entry['last_built_at']})")
 
 
 @main.command("challenge")
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="Print the API's JSON answer.")
 def challenge(config_path, as_json) -> None:
-    """Mint a one-time SCEP challenge on the running server (valid once, for [enrollment] challenge_ttl).
+    """Mint a one-time SCEP challenge (valid once, for [enrollment] challenge_ttl).
+
+    Minted by the running server, or without one stored in data_dir for it.
 
     \b
     Example:  mdm-appliance challenge --config /etc/mdm-appliance/appliance.toml
     """
+    from appliance.service import enrollment
+    from appliance.store.timefmt import to_text
+
     config = load_config_or_exit(config_path)
-    _, answer = ApiClient(config).call("POST", "/v1/challenges")
-    if not isinstance(answer, dict) or "challenge" not in answer:
-        raise CliError("the server answered without a challenge")
+    api = serving_api(config)
+    if api is not None:
+        _, answer = api.call("POST", "/v1/challenges")
+        if not isinstance(answer, dict) or "challenge" not in answer:
+            raise CliError("the server answered without a challenge")
+    else:
+        with database(config) as conn, transaction(conn):
+            minted, expires = enrollment.mint_challenge_sync(conn, config)
+        answer = {"challenge": minted, "expires_at": to_text(expires),
+                  "ttl_seconds": int(config.enrollment.challenge_ttl)}
     if as_json:
         click.echo(json.dumps(answer))
     else:

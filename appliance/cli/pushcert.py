@@ -1,7 +1,8 @@
-"""`push-cert import|show|csr`: the MDM push certificate, worked on data_dir directly.
+"""`push-cert import|show|csr`: the MDM push certificate.
 
-A running server notices an import within seconds (it polls the certificate version) and reconnects
-to APNs with the new identity.
+With a server running, import and show go through its admin API (PUT/GET /v1/pushcert): the server
+stores the certificate and reconnects to APNs with it at once. Without one they work on the database
+in data_dir (the server polls the certificate version too, should one start meanwhile).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 import click
 
 from appliance.cli import main
-from appliance.cli.common import CliError, config_option, load_config_or_exit
+from appliance.cli.common import CliError, config_option, database, load_config_or_exit, serving_api, transaction
 
 CSR_KEY_FILE = "push-csr.key"
 
@@ -23,17 +24,6 @@ def _read(path: str, what: str) -> bytes:
             return f.read()
     except OSError as exc:
         raise CliError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
-
-
-def _open_db(config):
-    from appliance.bootstrap import prepare_data_dir
-    from appliance.store.db import connect_sync
-
-    try:
-        prepared = prepare_data_dir(config)
-        return connect_sync(prepared.db_path, config.storage.synchronous)
-    except (OSError, RuntimeError) as exc:
-        raise CliError(f"cannot open the data directory {config.data_dir}: {exc}") from None
 
 
 @main.group("push-cert")
@@ -83,26 +73,25 @@ def import_cert(config_path, cert, key, password, force) -> None:
         pc = pushcert.validate(pushcert.load_any(cert_data, key_data, password))
     except pushcert.PushCertError as exc:
         raise CliError(f"{cert}: {exc}") from None
-    conn = _open_db(config)
-    try:
-        conn.execute("BEGIN IMMEDIATE")
+    api = serving_api(config)
+    if api is not None:
+        api.call("PUT", "/v1/pushcert" + ("?force=1" if force else ""), body=pc.cert_pem + pc.key_pem,
+                 content_type="text/plain")
+        where = f"the server at {api.url} uses it now"
+    else:
         try:
-            push_store.store_certificate(
-                conn, topic=pc.topic, certificate_pem=pc.cert_pem, key_pem=pc.key_pem,
-                sha256=pc.fingerprint, not_before=pc.not_before, not_after=pc.not_after, force=force)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-    except push_store.TopicChanged as exc:
-        raise CliError(pushcert.topic_change_message(exc.old, exc.new)) from None
-    finally:
-        conn.close()
+            with database(config) as conn, transaction(conn):
+                push_store.store_certificate(
+                    conn, topic=pc.topic, certificate_pem=pc.cert_pem, key_pem=pc.key_pem,
+                    sha256=pc.fingerprint, not_before=pc.not_before, not_after=pc.not_after, force=force)
+        except push_store.TopicChanged as exc:
+            raise CliError(pushcert.topic_change_message(exc.old, exc.new)) from None
+        where = "no server is running: stored in data_dir, used when the server starts"
     if used_csr_key:
         csr_key.unlink(missing_ok=True)  # the key now lives in the database; one copy is enough
     click.echo(f"imported push certificate for topic {pc.topic}, expires "
                f"{pc.not_after:%Y-%m-%d} ({pc.days_left()} days left)")
-    click.echo("a running server picks it up within seconds and reconnects to APNs", err=True)
+    click.echo(where, err=True)
 
 
 @push_cert.command("show")
@@ -114,25 +103,11 @@ def show(config_path, as_json) -> None:
     \b
     Example:  mdm-appliance push-cert show
     """
-    from appliance.push import pushcert
-    from appliance.store import push as push_store
-    from appliance.store.timefmt import to_text
-
     config = load_config_or_exit(config_path)
-    conn = _open_db(config)
-    try:
-        stored = push_store.current_certificate(conn)
-    finally:
-        conn.close()
-    if stored is None:
+    api = serving_api(config)
+    info = _shown_by(api) if api is not None else _stored(config)
+    if info is None:
         raise CliError("no push certificate imported yet: run `mdm-appliance push-cert import CERT KEY`")
-    try:
-        pc = pushcert.load_pem(stored.certificate, stored.private_key)
-    except pushcert.PushCertError as exc:
-        raise CliError(f"the stored push certificate is unusable: {exc}") from None
-    info = {"topic": pc.topic, "not_after": to_text(pc.not_after),
-            "days_left": pc.days_left(), "state": pushcert.expiry_state(pc),
-            "sha256": pc.fingerprint, "imported_at": stored.imported_at}
     if as_json:
         click.echo(json.dumps(info))
         if info["state"] == "expired":
@@ -148,6 +123,33 @@ def show(config_path, as_json) -> None:
         raise SystemExit(1)  # an error everywhere, scripts and monitoring included
     elif info["state"] == "warning":
         click.echo("expires within 30 days: renew it with the same Apple ID", err=True)
+
+
+def _shown_by(api) -> dict | None:
+    status, answer = api.call("GET", "/v1/pushcert", ok=(200, 404))
+    if status == 404:
+        return None
+    from appliance.push.pushcert import WARN_DAYS
+
+    # A server older than this CLI (upgraded, not yet restarted) answers fewer keys.
+    days = answer.get("days_left", 0)
+    state = "expired" if days < 0 else "warning" if days < WARN_DAYS else "ok"
+    return {"state": state, "sha256": "-", "imported_at": "-", **answer}
+
+
+def _stored(config) -> dict | None:
+    from appliance.push import pushcert
+    from appliance.store import push as push_store
+
+    with database(config) as conn:
+        stored = push_store.current_certificate(conn)
+    if stored is None:
+        return None
+    try:
+        pc = pushcert.load_pem(stored.certificate, stored.private_key)
+    except pushcert.PushCertError as exc:
+        raise CliError(f"the stored push certificate is unusable: {exc}") from None
+    return pushcert.describe(pc, stored.imported_at)
 
 
 @push_cert.command("csr")

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
 from appliance import clock
+from appliance.store.timefmt import to_text
 
 TOPIC_PREFIX = "com.apple.mgmt."
 WARN_DAYS = 30
@@ -188,6 +189,13 @@ def expiry_state(push_cert: PushCertificate, now: dt.datetime | None = None) -> 
     if push_cert.expired(now):
         return "expired"
     return "warning" if push_cert.days_left(now) < WARN_DAYS else "ok"
+
+
+def describe(push_cert: PushCertificate, imported_at: str | None = None) -> dict:
+    """What GET /v1/pushcert and `push-cert show` say about a certificate."""
+    return {"topic": push_cert.topic, "not_after": to_text(push_cert.not_after),
+            "days_left": push_cert.days_left(), "state": expiry_state(push_cert),
+            "sha256": push_cert.fingerprint, "imported_at": imported_at}
 
 
 def topic_change_message(old: str, new: str) -> str:

@@ -42,16 +42,27 @@ BUSY_TIMEOUT = 2.0
 QUEUE_DEADLINE = 5.0
 
 
-def connect_sync(path: Path | str, synchronous: str = "FULL", migrate: bool = True) -> sqlite3.Connection:
-    """Open the database the way the appliance does (pragmas + migrations); for the thread and the CLI."""
-    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30.0)
-    conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute(f"PRAGMA synchronous={synchronous}")
-    conn.execute("PRAGMA foreign_keys=ON")
-    conn.execute("PRAGMA busy_timeout=30000")
-    if migrate:
-        schema.migrate(conn)
+def connect_sync(path: Path | str, synchronous: str = "FULL", migrate: bool = True, *,
+                 busy_timeout: float = 30.0, create: bool = True) -> sqlite3.Connection:
+    """Open the database the way the appliance does (pragmas + migrations); for the thread and the CLI.
+
+    The CLI, which may run next to a server, passes migrate=False (only `serve` migrates; it checks
+    schema.require_current itself), create=False (a missing file is an error, not a new database) and
+    a short busy_timeout (every lock wait has a deadline)."""
+    target = str(path) if create else Path(path).absolute().as_uri() + "?mode=rw"
+    conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False, timeout=busy_timeout,
+                           uri=not create)
+    try:
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={synchronous}")
+        conn.execute("PRAGMA foreign_keys=ON")
+        if migrate:
+            schema.migrate(conn)
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 

@@ -27,6 +27,44 @@ def _components():
         yield module.NAME, module.MIGRATIONS
 
 
+class SchemaMismatch(RuntimeError):
+    """The database is not at this program's schema; the message says what to do, in one line."""
+
+
+def expected_versions() -> dict[str, int]:
+    return {name: len(migrations) for name, migrations in _components()}
+
+
+def versions(conn: sqlite3.Connection) -> dict[str, int]:
+    """How far each component has come in this database ({} before the first migration)."""
+    try:
+        return {name: version for name, version in conn.execute("SELECT component, version FROM schema_versions")}
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return {}
+        raise
+
+
+def require_current(conn: sqlite3.Connection) -> None:
+    """For everything but `serve`, which alone migrates: refuse a database at another schema than ours,
+    changing nothing (a newer program next to a running older server must not migrate under it)."""
+    found, expected = versions(conn), expected_versions()
+    if not found:
+        raise SchemaMismatch("the database has no schema yet: start the server once (`mdm-appliance serve`) "
+                             "so that it creates it")
+    differ = [name for name in expected if found.get(name, 0) != expected[name]]
+    if not differ:
+        return
+    have = " and ".join(f"{name} v{found.get(name, 0)}" for name in differ)
+    want = " and ".join(f"v{expected[name]}" if len(differ) == 1 else f"{name} v{expected[name]}" for name in differ)
+    if any(found.get(name, 0) > expected[name] for name in differ):
+        advice = "it was written by a newer mdm-appliance: use that version (or newer) for this command"
+    else:
+        advice = ("restart the server (or start it once) so that it migrates the database, then try again, "
+                  "or use the mdm-appliance that matches it")
+    raise SchemaMismatch(f"database schema is {have}, this program expects {want}: {advice}")
+
+
 def migrate(conn: sqlite3.Connection) -> dict[str, int]:
     conn.execute(
         "CREATE TABLE IF NOT EXISTS schema_versions (component TEXT PRIMARY KEY, version INTEGER NOT NULL)"

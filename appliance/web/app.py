@@ -23,7 +23,7 @@ BLUEPRINTS = [
     ("appliance.web.scep", "device"),
     ("appliance.web.enroll", "device"),
     ("appliance.web.ddm_assets", "device"),
-    ("appliance.web.challenges", "api"),
+    ("appliance.web.enrollment_api", "api"),
     ("appliance.web.push_api", "api"),
     ("appliance.web.api", "api"),
     ("appliance.web.ddm_api", "api"),

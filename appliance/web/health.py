@@ -2,7 +2,9 @@
 
 Each part contributes through runtime.health_checks; the worst severity becomes the top-level status.
 A warning or an error (an expiring push certificate, say) still answers 200: the process is up and a
-load balancer must not take it away for that; monitoring reads "status".
+load balancer must not take it away for that; monitoring reads "status". "ca_sha256" (the appliance
+CA's fingerprint, public anyway through SCEP GetCACert) lets the CLI tell that the server answering
+is the one of its own data_dir.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import time
 
 import trio
+from cryptography.hazmat.primitives import hashes
 from quart import Blueprint, jsonify
 
 from appliance import __version__
@@ -48,5 +51,6 @@ async def healthz():
         "status": worst,
         "version": __version__,
         "uptime_seconds": round(time.time() - rt.started_at, 1),
+        "ca_sha256": rt.ca.certificate.fingerprint(hashes.SHA256()).hex(),
         "checks": checks,
     })

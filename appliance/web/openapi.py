@@ -275,7 +275,20 @@ SCHEMAS: dict = {
     "PushAnswer": {"type": "object", "required": ["status"], "properties": {
         "status": {"type": "object", "additionalProperties": _ref("EnrollmentOutcome")}}},
     "PushCert": {"type": "object", "required": ["topic", "not_after"], "properties": {
-        "topic": {"type": "string"}, "not_after": {"type": "string"}, "days_left": {"type": "integer"}}},
+        "topic": {"type": "string"}, "not_after": {"type": "string"}, "days_left": {"type": "integer"},
+        "state": {"type": "string", "enum": ["ok", "warning", "expired"],
+                  "description": "warning: expires within 30 days."},
+        "sha256": {"type": "string", "description": "Fingerprint of the certificate (hex)."},
+        "imported_at": _nullable("string")}},
+    "UrlSet": {"type": "object", "required": ["topic", "server_url", "checkin_url"], "properties": {
+        "topic": {"type": "string"}, "server_url": {"type": "string"}, "checkin_url": {"type": "string"},
+        "first_built_at": {"type": "string"}, "last_built_at": {"type": "string"}}},
+    "UrlSets": {"type": "object", "required": ["url_sets", "warnings"], "properties": {
+        "url_sets": {"type": "array", "items": _ref("UrlSet")},
+        "warnings": {"type": "array", "items": {"type": "string"},
+                     "description": "One per value that differs from what the config says now."}}},
+    "ForgottenUrlSets": {"type": "object", "required": ["forgotten"], "properties": {
+        "forgotten": {"type": "array", "items": _ref("UrlSet")}}},
     "Challenge": {"type": "object", "required": ["challenge", "expires_at", "ttl_seconds"], "properties": {
         "challenge": {"type": "string"}, "expires_at": {"type": "string"}, "ttl_seconds": {"type": "integer"}}},
 }
@@ -405,13 +418,37 @@ PATHS: dict = {
             "responses": {"200": _json(_ref("PushCert"), "Topic and expiry."),
                           "404": _error("No push certificate imported yet."),
                           "500": _error("The stored certificate cannot be read."),
-                          **_AUTH_ERRORS,
-                          "503": _STD_ERRORS["503"]},
+                          **_AUTH_ERRORS, "503": _STD_ERRORS["503"]},
         },
     },
     "/v1/challenges": {"post": {
         "summary": "Mint a one-time SCEP challenge.",
         "responses": {"201": _json(_ref("Challenge"), "The challenge."), **_AUTH_ERRORS,
+                      "503": _STD_ERRORS["503"]},
+    }},
+    "/v1/enrollment-profile": {"post": {
+        "summary": "Build an enrollment profile, the same GET /mdm/enroll serves (with one_time_challenge, "
+                   "each carries a fresh challenge).",
+        "responses": {
+            "200": {"description": "The .mobileconfig.",
+                    "content": {"application/x-apple-aspen-config": {"schema": {"type": "string",
+                                                                                "format": "binary"}}}},
+            "409": _error("No profile can be built yet (no push certificate, no challenge configured; "
+                          "code profile_unavailable)."),
+            **_AUTH_ERRORS,
+            "503": _STD_ERRORS["503"],
+        },
+    }},
+    "/v1/enrollment-urls": {"get": {
+        "summary": "The Topic/ServerURL/CheckInURL sets enrollment profiles handed out, and warnings for "
+                   "those that differ from the config.",
+        "responses": {"200": _json(_ref("UrlSets"), "The sets, oldest first."), **_AUTH_ERRORS,
+                      "503": _STD_ERRORS["503"]},
+    }},
+    "/v1/enrollment-urls/changed": {"delete": {
+        "summary": "Forget the sets that differ from the config (their devices were re-enrolled or retired), "
+                   "so the warning at start and in /healthz stops.",
+        "responses": {"200": _json(_ref("ForgottenUrlSets"), "What was forgotten."), **_AUTH_ERRORS,
                       "503": _STD_ERRORS["503"]},
     }},
     "/v1/openapi.json": {"get": {

@@ -1,14 +1,12 @@
 """Admin API for pushes (NanoMDM-compatible): the push certificate and on-demand pushes.
 
 PUT /v1/pushcert       body: PEM certificate + PEM private key in one body; ?force=1 allows a topic change
-GET /v1/pushcert       -> {"topic", "not_after"}
+GET /v1/pushcert       -> {"topic", "not_after"} (NanoMDM's keys), plus days_left, state, sha256, imported_at
 GET|POST /v1/push/<id,id,...>  -> {"status": {id: {"push_result": apns-id} | {"push_error": "..."}}}
                           200 all pushed, 207 some failed, 500 none pushed (NanoMDM's meaning)
 """
 
 from __future__ import annotations
-
-from functools import partial
 
 from quart import Blueprint, jsonify, request
 
@@ -16,7 +14,6 @@ from appliance.push import pushcert
 from appliance.push.pushcert import PushCertError
 from appliance.service.commands import answer_code
 from appliance.store import push as push_store
-from appliance.store.timefmt import to_text
 from appliance.web.app import runtime
 from appliance.web.auth import require_api_key
 from appliance.web.errors import api_error
@@ -30,10 +27,6 @@ def _truthy(value: str | None) -> bool:
     return (value or "").lower() in ("1", "true", "yes", "on")
 
 
-def _summary(cert: pushcert.PushCertificate) -> dict:
-    return {"topic": cert.topic, "not_after": to_text(cert.not_after),
-            "days_left": cert.days_left()}
-
 
 @blueprint.put("/v1/pushcert")
 @require_api_key
@@ -46,17 +39,21 @@ async def put_pushcert():
         cert = pushcert.validate(pushcert.load_pem(body))
     except PushCertError as e:
         return api_error(400, "invalid_push_certificate", str(e))
+    force = _truthy(request.args.get("force"))
+
+    def store(conn) -> str:
+        push_store.store_certificate(
+            conn, topic=cert.topic, certificate_pem=cert.cert_pem, key_pem=cert.key_pem,
+            sha256=cert.fingerprint, not_before=cert.not_before, not_after=cert.not_after, force=force)
+        return push_store.current_certificate(conn).imported_at
+
     try:
-        await rt.store.write(partial(
-            push_store.store_certificate, topic=cert.topic, certificate_pem=cert.cert_pem,
-            key_pem=cert.key_pem, sha256=cert.fingerprint, not_before=cert.not_before,
-            not_after=cert.not_after, force=_truthy(request.args.get("force")),
-        ))
+        imported_at = await rt.store.write(store)
     except push_store.TopicChanged as e:
         return api_error(409, "topic_changed", pushcert.topic_change_message(e.old, e.new))
     if rt.push is not None:
         await rt.push.reload_certificate()  # reconnect to APNs with it now, not at the next poll
-    return jsonify(_summary(cert))
+    return jsonify(pushcert.describe(cert, imported_at))
 
 
 @blueprint.get("/v1/pushcert")
@@ -69,7 +66,7 @@ async def get_pushcert():
         cert = pushcert.load_pem(stored.certificate, stored.private_key)
     except PushCertError as e:
         return api_error(500, "push_certificate_unusable", f"stored push certificate: {e}")
-    return jsonify(_summary(cert))
+    return jsonify(pushcert.describe(cert, stored.imported_at))
 
 
 @blueprint.route("/v1/push/<path:ids>", methods=["GET", "POST"])

@@ -177,6 +177,9 @@ def serving_api(config: Config) -> ApiClient | None:
     client = ApiClient(config)
     if client.named:
         return client
+    if (client.scheme == "https" and config.server.tls_cert is None and "MDM_APPLIANCE_CA" not in os.environ
+            and not (config.data_dir / "ca.crt").exists()):
+        return None  # a server writes its CA before it listens: none has started on this data_dir
     health = client.probe()
     if health is None:
         return None

@@ -56,6 +56,11 @@ class Runtime:
 
     def __post_init__(self) -> None:
         enrollment, api = self.config.enrollment, self.config.api
-        self.scep_guesses = GuessLimit(enrollment.challenge_guess_limit, enrollment.challenge_guess_window)
-        self.enrollment_secret_guesses = GuessLimit(enrollment.secret_guess_limit, enrollment.secret_guess_window)
-        self.api_key_guesses = GuessLimit(api.key_guess_limit, api.key_guess_window)
+
+        def seconds() -> float:  # the appliance's clock, so a test moves guessing windows with it
+            return self.clock.now().timestamp()
+
+        self.scep_guesses = GuessLimit(enrollment.challenge_guess_limit, enrollment.challenge_guess_window, seconds)
+        self.enrollment_secret_guesses = GuessLimit(enrollment.secret_guess_limit, enrollment.secret_guess_window,
+                                                    seconds)
+        self.api_key_guesses = GuessLimit(api.key_guess_limit, api.key_guess_window, seconds)

@@ -27,13 +27,14 @@ def _error(description: str) -> dict:
     return _json(_ref("Error"), description)
 
 
-_AUTH_ERRORS = {
-    "401": _error("Missing or wrong API key."),
-    "429": {**_error("Too many wrong API keys from this client within [api] key_guess_window (code "
-                     "too_many_guesses): every request from it is refused until the window has passed, "
-                     "even with the right key."),
-            "headers": {"Retry-After": {"description": "Seconds until the client may try again.",
-                                        "schema": {"type": "integer"}}}},
+_AUTH_ERRORS = {"401": _error("Missing or wrong API key.")}
+# Every operation that needs the key may also answer this (added to each one in document()).
+_TOO_MANY_GUESSES = {
+    **_error("Too many wrong API keys from this client within [api] key_guess_window (code "
+             "too_many_guesses): every request from it is refused until the window has passed, even with "
+             "the right key."),
+    "headers": {"Retry-After": {"description": "Seconds until the client may try again.",
+                                "schema": {"type": "integer"}}},
 }
 _STD_ERRORS = {
     "400": _error("The request is wrong as a whole (the message says how)."),
@@ -475,8 +476,16 @@ def document() -> dict:
             "schemas": {**SCHEMAS, **openapi_ddm.SCHEMAS},
         },
         "security": [{"basic": []}, {"bearer": []}],
-        "paths": {**PATHS, **openapi_ddm.PATHS},
+        "paths": _with_guess_limit({**PATHS, **openapi_ddm.PATHS}),
     }
+
+
+def _with_guess_limit(paths: dict) -> dict:
+    """The guessing limit on the API key (web/auth.py) answers 429 wherever a key is needed (a 401 is)."""
+    return {path: {method: ({**operation, "responses": {**operation["responses"], "429": _TOO_MANY_GUESSES}}
+                            if "401" in operation.get("responses", {}) else operation)
+                   for method, operation in operations.items()}
+            for path, operations in paths.items()}
 
 
 @blueprint.get("/v1/openapi.json")

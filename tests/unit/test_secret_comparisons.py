@@ -9,8 +9,9 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "appliance"
 # Names that hold a secret (lower case: ALL_CAPS constants such as CHALLENGE_PASSWORD are OIDs).
+# Not every token is a secret: DDM's ServerToken is a version stamp, a push token an address.
 SECRET_NAME = re.compile(r"(^|_)(api_key|hmac_key|secret|challenge|password|passphrase|digest|signature|"
-                         r"bootstrap_token|unlock_token|push_magic|token)($|_)")
+                         r"bootstrap_token|unlock_token|push_magic)($|_)")
 
 
 def _names(node: ast.AST) -> set[str]:

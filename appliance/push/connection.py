@@ -17,8 +17,11 @@ import h2.exceptions
 import trio
 from h2.errors import ErrorCodes
 
+from appliance import USER_AGENT
 from appliance.push.h2wire import CONFIG, APNsH2Connection
 from appliance.push.results import Push, PushResult, PushStatus
+
+_USER_AGENT = USER_AGENT.encode()
 
 
 class Lost(Exception):
@@ -153,7 +156,7 @@ class Connection:
         expiration = str(int(time.time() + client.expiration)).encode()
         head = [(b":method", b"POST"), (b":scheme", b"https"), (b":authority", client.authority)]
         tail = [(b"apns-topic", client._topic), (b"apns-push-type", b"mdm"),
-                (b"apns-priority", b"10"), (b"apns-expiration", expiration)]
+                (b"apns-priority", b"10"), (b"apns-expiration", expiration), (b"user-agent", _USER_AGENT)]
         cap = self.cap
         sent = 0
         while pending and len(streams) < cap:

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import httpx
 import trio
 
-from appliance import __version__
+from appliance import USER_AGENT
 from appliance.logs import get_logger
 from appliance.store import outbox
 from appliance.store.db import StoreClosed
@@ -84,7 +84,7 @@ class WebhookWorker:
                                              socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
         return httpx.AsyncClient(
             transport=transport, timeout=self.config.timeout, follow_redirects=False,
-            headers={"User-Agent": f"mdm-appliance/{__version__}"},
+            headers={"User-Agent": USER_AGENT},
         )
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:

@@ -1,4 +1,5 @@
 from tests.support.harness import API_KEY
+from tests.support.project import pyproject_version
 
 
 async def test_healthz_answers_over_tls_once_ready(server):
@@ -10,6 +11,7 @@ async def test_healthz_answers_over_tls_once_ready(server):
     # A fresh appliance has no push certificate yet: up and serving, but not healthy for devices.
     assert body["checks"]["push"]["state"] == "missing"
     assert body["status"] == "warning"
+    assert body["version"] == pyproject_version()
 
 
 async def test_unknown_path_is_404_text_and_unknown_api_path_is_json(server):

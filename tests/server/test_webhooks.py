@@ -13,6 +13,7 @@ import trio
 from appliance.store import outbox
 from appliance.webhook.events import acknowledge_event, checkin_event, reenrollment_event
 from tests.support.harness import API_KEY, free_port, make_config, start_server
+from tests.support.project import pyproject_version
 from tests.support.webhook_receiver import Receiver, Running
 
 HMAC_KEY = "webhook-secret-for-tests"
@@ -140,6 +141,7 @@ async def test_delivery_is_in_order_signed_and_survives_outage_and_restart(tmp_p
 
     assert all(delivery.signed_with(HMAC_KEY) for delivery in receiver.accepted)
     assert all(delivery.headers["content-type"].startswith("application/json") for delivery in receiver.accepted)
+    assert {delivery.headers["user-agent"] for delivery in receiver.accepted} == {f"mdm-appliance/{pyproject_version()}"}
     first_seen: dict[str, dict] = {}
     for delivery in receiver.accepted:  # at least once: keep the first arrival of each event
         first_seen.setdefault(delivery.event["event_id"], delivery.event)

@@ -13,6 +13,7 @@ from appliance.push.apns import APNsClient, PushStatus
 from appliance.push.pushcert import load_pem
 from tests.support.apns_certs import make_ca, make_push_cert, make_server
 from tests.support.apns_standin import Answer, StandIn
+from tests.support.project import pyproject_version
 
 
 class LogRecorder:
@@ -76,6 +77,7 @@ async def test_request_headers_and_body_are_exactly_apples(pki):
     assert h["apns-topic"].startswith("com.apple.mgmt.External.")
     assert h["apns-push-type"] == "mdm"
     assert h["apns-priority"] == "10"
+    assert h["user-agent"] == f"mdm-appliance/{pyproject_version()}"
     assert before + 7200 <= int(h["apns-expiration"]) <= int(time.time()) + 7201
     assert req.body == b'{"mdm":"PUSH-MAGIC-1"}'
     assert json.loads(req.body) == {"mdm": "PUSH-MAGIC-1"}

@@ -16,6 +16,7 @@ def main() -> None:
     """A self-hosted Apple MDM server in one process.
 
     \b
+    First run:       sudo mdm-appliance setup
     Start it:        mdm-appliance serve --config /etc/mdm-appliance/appliance.toml
     Check a config:  mdm-appliance check-config --config appliance.toml
     """
@@ -27,3 +28,4 @@ from appliance.cli import enroll as _enroll  # noqa: E402,F401
 from appliance.cli import pushcert as _pushcert  # noqa: E402,F401
 from appliance.cli import admin as _admin  # noqa: E402,F401
 from appliance.cli import ddm as _ddm  # noqa: E402,F401
+from appliance.cli import setup as _setup  # noqa: E402,F401

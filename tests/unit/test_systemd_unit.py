@@ -50,3 +50,11 @@ def test_unit_declares_what_the_appliance_relies_on():
     assert re.search(r"^WatchdogSec=\d+", text, re.M)
     sysusers = (UNIT.parent / "mdm-appliance.sysusers.conf").read_text()
     assert re.search(r"^u mdm-appliance ", sysusers, re.M)
+
+
+def test_unit_skips_the_start_until_setup_has_run():
+    text = UNIT.read_text()
+    condition = re.search(r"^ExecCondition=(\S+) setup --check --config (\S+)$", text, re.M)
+    start = re.search(r"^ExecStart=(\S+) serve --config (\S+)$", text, re.M)
+    assert condition and start
+    assert condition.groups() == start.groups()  # same executable, same config file

@@ -43,8 +43,8 @@ def setup(config_path, public_url, listen, enrollment_secret, data_dir, non_inte
     comment stays; checks the result as check-config does, then prints the next steps.
 
     \b
-    Example:  sudo mdm-appliance setup
-              sudo mdm-appliance setup --non-interactive --public-url https://mdm.example.com
+    Example:  mdm-appliance setup      (as root: it writes /etc/mdm-appliance/appliance.toml)
+              mdm-appliance setup --non-interactive --public-url https://mdm.yourcompany.com
     """
     path = config_path or default_config_path()
     if check:

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import ssl
 import subprocess
 import sys
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support.notify import NotifySocket
 from tests.support.harness import free_port
-from tests.support.project import ROOT, pyproject_version
+from tests.support.notify import NotifySocket
+from tests.support.project import BUILD_VENV, ROOT, pyproject_version
 
 pytestmark = pytest.mark.packaging
 
@@ -72,7 +70,7 @@ def test_executable_serves_the_local_config_until_sigterm(built, tmp_path):
 def test_executable_holds_every_appliance_module_and_data_file(built):
     """What is loaded by module path (BLUEPRINTS, COMPONENTS) and every data file (reference config,
     console templates and static files) is in the archive, whatever is added to appliance/ later."""
-    viewer = ROOT / "build" / "venv" / "bin" / "pyi-archive_viewer"
+    viewer = BUILD_VENV / "bin" / "pyi-archive_viewer"
     listing = subprocess.run([str(viewer), "--recursive", "--brief", str(built.executable)],
                              capture_output=True, text=True, timeout=120)
     assert listing.returncode == 0, listing.stderr

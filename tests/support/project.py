@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+# Where packaging/build keeps its virtualenv (PyInstaller and its tools).
+BUILD_VENV = Path(os.environ.get("BUILD_VENV", ROOT / "build" / "venv"))
 
 
 def pyproject_version() -> str:

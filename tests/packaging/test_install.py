@@ -111,6 +111,9 @@ def test_install_setup_serve_upgrade_remove_and_purge(deb, throwaway_root):
     wants = "/etc/systemd/system/multi-user.target.wants/mdm-appliance.service"
     assert root.run("readlink", wants).stdout.strip() == "/lib/systemd/system/mdm-appliance.service"
     unit = root.run("cat", "/lib/systemd/system/mdm-appliance.service").stdout
+    if root.exists("/usr/bin/systemd-analyze"):  # where it is installed: it checks every command line exists
+        verify = root.run("systemd-analyze", "verify", "mdm-appliance.service", check=False)
+        assert (verify.returncode, verify.stdout + verify.stderr) == (0, "")
     condition = re.search(r"^ExecCondition=(.+)$", unit, re.M).group(1).split()
     start = re.search(r"^ExecStart=(.+)$", unit, re.M).group(1).split()
 

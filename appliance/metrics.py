@@ -8,6 +8,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from appliance.fleet_metrics import FleetCollector
 
+CONNECTION_ERROR_REASONS = ("tls_handshake", "internal")
+
 
 class Metrics:
     def __init__(self) -> None:
@@ -68,6 +70,11 @@ class Metrics:
         self.guess_limit_refusals = Counter(
             "mdm_guess_limit_refusals_total", "Requests refused (429, or SCEP FAILURE) because their client "
             "sent too many wrong secrets within the window, by secret.", ["secret"], registry=r,
+        )
+        self.connection_errors = Counter(
+            "mdm_connection_errors_total", "Connections closed on an error, by reason: tls_handshake (the "
+            "client failed or stalled the TLS handshake), internal (an error while serving it; logged).",
+            ["reason"], registry=r,
         )
         self.up_since = Gauge("mdm_start_time_seconds", "When this process started (UNIX time).", registry=r)
         # Group commit at work: write jobs (device requests, API calls) per COMMIT (one fsync each).
@@ -132,6 +139,12 @@ class Metrics:
         for secret in ("api_key", "enrollment_secret", "scep_challenge"):
             self.failed_authentications.labels(secret)
             self.guess_limit_refusals.labels(secret)
+        for reason in CONNECTION_ERROR_REASONS:
+            self.connection_errors.labels(reason)
+
+    def count_connection_error(self, reason: str) -> None:
+        # Bounded label: anything unforeseen is "internal".
+        self.connection_errors.labels(reason if reason in CONNECTION_ERROR_REASONS else "internal").inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -188,8 +188,10 @@ async def run_http(runtime: Runtime, listen: str, roles: frozenset[str], stop: t
         bundle = runtime.config.data_dir / "tls-client-cas.pem"
         bundle.write_bytes(runtime.trust.ca_bundle_pem())
         tls_peer.request_client_certificates(hc, bundle)
-    # hypercorn.trio.serve plus the TLS client certificate in the scope (appliance.web.tls_peer).
-    await tls_peer.serve(app, hc, shutdown_trigger=stop.wait, task_status=task_status)
+    # hypercorn.trio.serve plus the TLS client certificate in the scope, and each connection's errors
+    # kept to that connection (appliance.web.tls_peer).
+    await tls_peer.serve(app, hc, shutdown_trigger=stop.wait, task_status=task_status,
+                         count_connection_error=runtime.metrics.count_connection_error)
 
 
 async def _wait_for_signal(stop: trio.Event, everything: trio.CancelScope) -> None:

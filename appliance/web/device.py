@@ -2,7 +2,7 @@
 
 Both route by Content-Type, so a profile without a CheckInURL (check-ins go to ServerURL) works too:
 `application/x-apple-aspen-mdm-checkin` is a check-in, anything else a command report.
-Order per request: body (413 over [server] max_body_size, without reading the rest into memory),
+Order per request: body (413 over [server] max_body_size, without keeping the rest in memory),
 who is speaking (400 malformed, 403 untrusted), what was said (400 naming the key), then one
 transaction; 200 only after it committed, 503 with Retry-After when the database cannot take it (disk
 full, I/O error, locked: nothing stored). Never 401: a device answered 401 drops its enrollment.
@@ -149,7 +149,9 @@ class DeviceEndpoints:
         if status < 403 or status >= 408:  # identity refusals are logged where they are decided
             log.info("device_request_refused", status=status, reason=reason, checkin=checkin, path=scope["path"])
         reply = _text(status, reason)
-        # The rest of an oversized or stalled body is never read: closing spares reading it at all.
+        # The rest of an oversized or stalled body is not kept: the connection closes once it has arrived
+        # (HTTP/1.1; read and dropped so the device sees this answer) or the device is told to stop
+        # sending it (HTTP/2); appliance.web.early_answer.
         reply.close = close
         return reply
 

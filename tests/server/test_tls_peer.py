@@ -1,11 +1,13 @@
-"""The hypercorn hook: real mTLS requests on loopback whose handler echoes the client certificate.
+"""The hypercorn hook: real mTLS requests on loopback whose handler echoes the client certificate, and
+connection errors kept to their connection.
 
-These fail when a hypercorn upgrade stops the certificate reaching the scope.
+These fail when a hypercorn upgrade stops the certificate reaching the scope or an error escaping.
 """
 
 import datetime as dt
 import hashlib
 import ipaddress
+import logging
 import socket
 import ssl
 
@@ -14,9 +16,14 @@ import pytest
 import trio
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
+import hypercorn.protocol
+import hypercorn.trio.run
+import hypercorn.trio.tcp_server
 from hypercorn.config import Config
+from hypercorn.protocol.h2 import H2Protocol
 
-from appliance.web import tls_peer
+from appliance.web import early_answer, tls_peer
+from tests.support.h2_client import connect
 from tests.support.identity_pki import NOW, Identity, issue, make_ca, new_key
 
 
@@ -87,8 +94,11 @@ async def server(nursery, pki, tmp_path):
     config.ssl_handshake_timeout = 1
     tls_peer.request_client_certificates(config, tmp_path / "client-cas.pem")
     stop = trio.Event()
-    binds = await nursery.start(lambda task_status: tls_peer.serve(echo_app, config, shutdown_trigger=stop.wait, task_status=task_status))
-    yield {"https": next(b for b in binds if b.startswith("https://")), "http": next(b for b in binds if b.startswith("http://"))}
+    errors: list[str] = []
+    binds = await nursery.start(lambda task_status: tls_peer.serve(
+        echo_app, config, shutdown_trigger=stop.wait, count_connection_error=errors.append, task_status=task_status))
+    yield {"https": next(b for b in binds if b.startswith("https://")), "http": next(b for b in binds if b.startswith("http://")),
+           "errors": errors}
     stop.set()
 
 
@@ -154,6 +164,9 @@ async def test_certificate_from_unknown_ca_fails_the_handshake(server, pki, tmp_
     async with client(pki, tmp_path, pki["stranger"]) as http:
         with pytest.raises(httpx.TransportError):
             await http.get(server["https"] + "/")
+    with trio.fail_after(5):  # counted once the server side of the handshake has failed too
+        while server["errors"] != ["tls_handshake"]:
+            await trio.sleep(0.01)
 
 
 async def test_connections_before_and_after_still_work(server, pki, tmp_path):
@@ -214,3 +227,45 @@ async def test_stalled_handshake_is_closed(server):
     async with stream:
         with trio.fail_after(5):
             assert await stream.receive_some(1024) == b""
+
+
+def test_install_hook_puts_in_every_replacement():
+    tls_peer.install_hook()
+    assert hypercorn.trio.run.TCPServer.__module__ == "appliance.web.tls_peer"
+    assert hypercorn.protocol.H2Protocol is early_answer.EarlyAnswerH2
+    assert hypercorn.protocol.H11Protocol is early_answer.EarlyAnswerH11
+    assert hypercorn.trio.tcp_server.TaskGroup is early_answer.AppTaskGroup
+
+
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+async def test_an_error_escaping_a_connection_ends_only_that_connection(server, pki, monkeypatch):
+    """hypercorn's own HTTP/2 event handling (without appliance.web.early_answer) raises KeyError on DATA
+    for a stream it has answered: the connection ends, counted and logged once, and nothing else does."""
+    monkeypatch.setattr(early_answer.EarlyAnswerH2, "_handle_events", H2Protocol._handle_events)
+    lines = _Lines()
+    logging.getLogger("appliance.connection").addHandler(lines)
+    context = ssl.create_default_context(cadata=pki["server_ca"].pem.decode())
+    port = int(server["https"].rsplit(":", 1)[1])
+    try:
+        async with connect("127.0.0.1", port, context) as bystander:
+            assert (await bystander.request("GET", "/before")).status == 200
+            async with connect("127.0.0.1", port, context) as doomed:
+                exchange = await doomed.start("POST", "/early")
+                await doomed.send_body(exchange, b"x" * 70 * 1024)
+                with trio.fail_after(10):
+                    await doomed.closed.wait()
+            assert (await bystander.request("GET", "/after")).status == 200
+    finally:
+        logging.getLogger("appliance.connection").removeHandler(lines)
+    assert server["errors"] == ["internal"]
+    [record] = lines.records
+    assert record.getMessage() == "connection_failed" and record.fields["reason"] == "internal"
+    assert "KeyError" in record.fields["error"] and record.fields["at"].startswith("hypercorn/protocol/h2.py:")

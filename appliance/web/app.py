@@ -89,12 +89,31 @@ def create_app(rt: Runtime, roles: frozenset[str] = ALL_ROLES) -> Quart:
 
     if "device" in roles:
         app.asgi_app = DeviceEndpoints(app.asgi_app, rt)  # type: ignore[method-assign]
+    app.asgi_app = NoWebSockets(app.asgi_app)  # type: ignore[method-assign]
     return app
 
 
 def _is_api(path: str) -> bool:
     """The admin API answers errors as JSON: /v1 (NanoMDM's routes) and /api/v1/ddm (KMFDDM's)."""
     return path.startswith(("/v1", "/api/"))
+
+
+class NoWebSockets:
+    """The appliance has no WebSocket endpoint. A handshake (HTTP/1.1 Upgrade, HTTP/2 extended CONNECT)
+    is refused here with a 400 and a reason: quart would route it to error handlers written for HTTP
+    requests, which fail outside a request context and answer 500."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "websocket":
+            await self.app(scope, receive, send)
+            return
+        body = b"this server speaks no WebSocket\n"
+        await send({"type": "websocket.http.response.start", "status": 400, "headers": [
+            (b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "websocket.http.response.body", "body": body})
 
 
 def record_request(rt: Runtime, *, rule: str, method: str, path: str, status: int, started: float | None,

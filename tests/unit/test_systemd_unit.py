@@ -48,6 +48,8 @@ def test_unit_declares_what_the_appliance_relies_on():
                  "StateDirectory=mdm-appliance", "ConfigurationDirectory=mdm-appliance"):
         assert line in text.splitlines(), line
     assert re.search(r"^WatchdogSec=\d+", text, re.M)
+    # Every connection is a file descriptor: systemd's default soft limit (1,024) is a few hundred clients.
+    assert int(re.search(r"^LimitNOFILE=(\d+)$", text, re.M).group(1)) >= 16384
     sysusers = (UNIT.parent / "mdm-appliance.sysusers.conf").read_text()
     assert re.search(r"^u mdm-appliance ", sysusers, re.M)
 

@@ -155,7 +155,7 @@ def client_cert_der(scope: dict) -> bytes | None:
 
 
 def install_hook() -> None:
-    """Make hypercorn's trio worker build our per-connection server and HTTP/2 protocol. Idempotent."""
+    """Make hypercorn's trio worker build our per-connection server, protocols and task group. Idempotent."""
     version = importlib.metadata.version("hypercorn")
     if not version.startswith(SUPPORTED_HYPERCORN):
         raise RuntimeError(

@@ -34,17 +34,21 @@ def filler(size: int) -> bytes:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     hostile = start_hostile_server(tmp_path_factory.mktemp("tls"))
-    trio.run(_enroll, hostile)
-    yield hostile
-    hostile.process.stop()
+    try:
+        trio.run(_enroll, hostile)
+        yield hostile
+    finally:
+        hostile.process.stop()
 
 
 @pytest.fixture(scope="module")
 def cleartext(tmp_path_factory):
     """`[server] tls = false`, as behind a TLS-terminating proxy: HTTP/1.1 and HTTP/2 (h2c)."""
     hostile = start_hostile_server(tmp_path_factory.mktemp("cleartext"), tls=False)
-    yield hostile
-    hostile.process.stop()
+    try:
+        yield hostile
+    finally:
+        hostile.process.stop()
 
 
 @pytest.fixture(params=["tls", "cleartext"])

@@ -59,10 +59,14 @@ def start_hostile_server(tmp_path: Path, *, tls: bool = True, **overrides: dict)
     config = make_config(tmp_path, port=port, server=server, identity={"trusted_ca_files": [str(ca.pem_path)]},
                          logging={"level": "info"}, **overrides)
     process = ServerProcess(config, port, tmp_path / "server.log")
-    trio.run(process.start)
     hostile = HostileServer(process, tmp_path / "state", tls, ca)
-    with httpx.Client(verify=hostile.ssl_context() or False, timeout=10) as client:
-        assert client.get(hostile.base_url + "/healthz").status_code == 200
+    try:
+        trio.run(process.start)
+        with httpx.Client(verify=hostile.ssl_context() or False, timeout=10) as client:
+            assert client.get(hostile.base_url + "/healthz").status_code == 200
+    except BaseException:
+        process.stop()
+        raise
     return hostile
 
 

@@ -129,11 +129,16 @@ ROUTES = [
     ("DELETE", "/v1/commands/NOPE", "api"), ("POST", "/v1/challenges", "api"), ("PUT", "/v1/pushcert", "api"),
     ("GET", "/v1/pushcert", "api"), ("POST", f"/v1/push/{UDID}", "api"), ("GET", "/v1/openapi.json", "api"),
     ("GET", "/metrics", "api"), ("GET", "/healthz", None), ("POST", "/nope", None), ("PUT", "/", None),
-    ("DELETE", "/v1/nope", "api"),
+    ("DELETE", "/v1/nope", "api"), ("GET", "/ddm/assets/NOPE", "device"),
+    ("PUT", "/api/v1/ddm/declarations", "api"), ("PUT", "/api/v1/ddm/set-declarations/NOPE", "api"),
+    ("PUT", f"/api/v1/ddm/enrollment-sets/{UDID}", "api"), ("POST", "/api/v1/ddm/notify", "api"),
+    ("PUT", "/api/v1/ddm/assets/hostile.asset", "api"), ("POST", "/api/v1/ddm/os-update", "api"),
+    ("GET", "/api/v1/ddm/status-summary", "api"),
 ]
-# What a route may change when it has credentials (whatever the body): minting a challenge is its job,
-# and a push records its outcome on the enrollment.
-ENTITLED = {"/v1/challenges": frozenset({"scep_challenges"}), f"/v1/push/{UDID}": frozenset({"enrollments"})}
+# What a route may change when it has credentials (whatever the body): minting a challenge is its job, a
+# push records its outcome on the enrollment, and any bytes make an asset (stored with its declaration).
+ENTITLED = {"/v1/challenges": frozenset({"scep_challenges"}), f"/v1/push/{UDID}": frozenset({"enrollments"}),
+            "/api/v1/ddm/assets/hostile.asset": frozenset({"ddm_assets", "ddm_declarations"})}
 
 
 def _target(path: str, credentials: str | None, with_credentials: bool) -> tuple[str, list[tuple[str, str]]]:

@@ -76,10 +76,15 @@ def assert_unharmed(hostile: HostileServer, before: dict) -> None:
         assert client.get(hostile.base_url + "/healthz").status_code == 200
 
 
-def internal_errors(hostile: HostileServer) -> float:
+def scrape(hostile: HostileServer) -> str:
     with httpx.Client(verify=hostile.ssl_context() or False, timeout=10, headers=AUTH) as client:
-        text = client.get(hostile.base_url + "/metrics").text
-    return metric(text, "mdm_connection_errors_total", reason="internal")
+        answer = client.get(hostile.base_url + "/metrics")
+    assert answer.status_code == 200, answer.text
+    return answer.text
+
+
+def internal_errors(hostile: HostileServer) -> float:
+    return metric(scrape(hostile), "mdm_connection_errors_total", reason="internal")
 
 
 def h2(hostile: HostileServer, context: ssl.SSLContext | None = None):
@@ -389,9 +394,7 @@ async def test_websocket_handshakes_are_refused_with_a_4xx(server):
 
 async def test_300_idle_connections_while_healthz_answers(server):
     before = table_digest(server.db_path)
-    with httpx.Client(verify=server.ssl_context(), headers=AUTH) as admin:
-        handshake_errors = metric(admin.get(server.base_url + "/metrics").text, "mdm_connection_errors_total",
-                                  reason="tls_handshake")
+    handshake_errors = metric(scrape(server), "mdm_connection_errors_total", reason="tls_handshake")
     idle: list[trio.abc.Stream] = []
     try:
         for n in range(300):
@@ -410,9 +413,9 @@ async def test_300_idle_connections_while_healthz_answers(server):
         for stream in idle:
             await trio.aclose_forcefully(stream)
     # The 240 that never started their handshake count as such; none was an internal error.
-    with httpx.Client(verify=server.ssl_context(), headers=AUTH) as admin, trio.fail_after(20):
+    with trio.fail_after(20):
         while True:
-            text = admin.get(server.base_url + "/metrics").text
+            text = scrape(server)
             if metric(text, "mdm_connection_errors_total", reason="tls_handshake") >= handshake_errors + 240:
                 break
             await trio.sleep(0.1)

@@ -7,6 +7,7 @@ that says `true` for a size or "yes" for a switch is a mistake to report, not to
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
@@ -304,6 +305,129 @@ class DdmConfig(Section):
     status_errors_kept: int = Field(default=100, ge=1, le=10000)
 
 
+class AbmConfig(Section):
+    """Apple Business Manager: the DEP API each MDM server entry is synced from."""
+
+    # Apple's Device Assignment service; another URL (http too) only for a test stand-in.
+    api_url: str = "https://mdmenrollment.apple.com"
+    # Per ABM server name (as made with `abm keypair NAME`): another URL for that server only.
+    server_urls: dict[str, str] = {}
+    ca_file: CABundle | None = None
+    sync_interval: Seconds = 1800.0
+    full_fetch_interval: Seconds = 7 * 86400.0
+    page_size: int = Field(default=1000, ge=1, le=1000)
+    request_timeout: Seconds = 60.0
+    # The service failing (unreachable, 5xx): calls are retried after a pause doubling up to this.
+    retry_max: Seconds = 1800.0
+    # A device's failed assignment is tried again after assign_retry_initial, doubling up to assign_retry_max;
+    # a THROTTLED one (Apple's cooldown) after throttled_retry.
+    assign_retry_initial: Seconds = 600.0
+    assign_retry_max: Seconds = 86400.0
+    throttled_retry: Seconds = 86400.0
+
+    @field_validator("api_url")
+    @classmethod
+    def _api_url(cls, value: str) -> str:
+        return _http_url(value)
+
+    @field_validator("server_urls")
+    @classmethod
+    def _server_urls(cls, value: dict[str, str]) -> dict[str, str]:
+        return {name: _http_url(url) for name, url in value.items()}
+
+    def url_of(self, server: str) -> str:
+        return self.server_urls.get(server, self.api_url)
+
+
+def _http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ValueError("expected an http(s) URL like \"https://mdmenrollment.apple.com\"")
+    return value.rstrip("/")
+
+
+class SetupCommand(Section):
+    """A command sent to an ADE device waiting in Setup Assistant: a Command dictionary, or a plist file."""
+
+    command: dict | None = None
+    plist: ExistingFile | None = None
+
+    @model_validator(mode="after")
+    def _checked(self) -> SetupCommand:
+        from appliance.protocol import catalog, commands
+        from appliance.protocol.errors import MessageError
+
+        if (self.command is None) == (self.plist is None):
+            raise ValueError("give either command = { RequestType = ... } or plist = \"file.plist\"")
+        try:
+            if self.command is not None:
+                catalog.check(self.command)
+                commands.build_command(self.command)
+            else:
+                commands.parse_command(self.plist.read_bytes())
+        except MessageError as exc:
+            raise ValueError(str(exc)) from None
+        except OSError as exc:
+            raise ValueError(f"{self.plist}: {exc.strerror or exc}") from None
+        return self
+
+
+class AdeConfig(Section):
+    """Automated Device Enrollment: the profile defined with Apple, and the endpoint devices enroll at."""
+
+    # The profile's url (where devices send their machine info); unset: public_url + "/mdm/ade".
+    url: str | None = None
+    profile_name: str | None = None
+    is_supervised: bool = True
+    is_mandatory: bool = True
+    is_mdm_removable: bool = False
+    await_device_configured: bool = False
+    auto_advance_setup: bool = False
+    department: str | None = None  # unset: [server] organization
+    support_phone_number: str | None = None
+    support_email_address: str | None = None
+    org_magic: str | None = None
+    language: str | None = None
+    region: str | None = None
+    skip_setup_items: list[str] = []
+    setup_commands: list[SetupCommand] = []
+    # CA certificates machine info signatures must chain to; unset: the Apple device CAs shipped with it.
+    device_ca_files: list[ExistingFile] = []
+    require_signed_machine_info: bool = True
+    allow_unknown_devices: bool = False
+
+    @field_validator("url")
+    @classmethod
+    def _https(cls, value: str | None) -> str | None:
+        if value is not None and (urlsplit(value).scheme != "https" or not urlsplit(value).hostname):
+            raise ValueError("devices only send their machine info to an https URL")
+        return value
+
+    @field_validator("skip_setup_items")
+    @classmethod
+    def _panes(cls, value: list[str]) -> list[str]:
+        from appliance.protocol.dep import SKIP_SETUP_ITEMS
+
+        unknown = [item for item in value if item not in SKIP_SETUP_ITEMS]
+        if unknown:
+            hints = [f"{item!r}" + (f" (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(
+                item, SKIP_SETUP_ITEMS, n=1)) else "") for item in unknown]
+            raise ValueError(f"unknown Setup Assistant pane {', '.join(hints)}")
+        return value
+
+    @field_validator("device_ca_files")
+    @classmethod
+    def _ca_certificates(cls, value: list[Path]) -> list[Path]:
+        from cryptography import x509
+
+        for path in value:
+            try:
+                x509.load_pem_x509_certificates(path.read_bytes())
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"{path}: no PEM certificate in it ({exc})") from None
+        return value
+
+
 class LoggingConfig(Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -319,6 +443,8 @@ class Config(Section):
     renewal: RenewalConfig = RenewalConfig()
     webhook: WebhookConfig = WebhookConfig()
     ddm: DdmConfig = DdmConfig()
+    abm: AbmConfig = AbmConfig()
+    ade: AdeConfig = AdeConfig()
     logging: LoggingConfig = LoggingConfig()
 
     # Where the file was read from (not a TOML key).
@@ -351,6 +477,7 @@ _EXPECTED = {
     "string_type": "expected a string (in quotes)",
     "list_type": "expected a list, e.g. [\"a\", \"b\"]",
     "model_type": "expected a table of keys",
+    "dict_type": "expected a table of keys",
 }
 
 

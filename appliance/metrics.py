@@ -126,6 +126,46 @@ class Metrics:
             "403, 5xx, timeouts); 0 while they get through.", registry=r,
         )
 
+        # Apple Business Manager and Automated Device Enrollment (appliance/service/abm.py, service/ade.py)
+        self.abm_requests = Counter(
+            "mdm_abm_requests_total", "DEP API requests by ABM server, endpoint and HTTP status (0: no answer).",
+            ["server", "endpoint", "status"], registry=r,
+        )
+        self.abm_device_records = Counter(
+            "mdm_abm_device_records_total", "Device records read from fetch and sync, by ABM server, phase "
+            "(fetch, sync) and what they did (added, modified, deleted, unchanged).", ["server", "phase", "op"],
+            registry=r,
+        )
+        self.abm_assignments = Counter(
+            "mdm_abm_assignments_total", "Profile assignments per device by ABM server and result (SUCCESS, "
+            "FAILED, THROTTLED, NOT_ACCESSIBLE, or unavailable when the call itself failed).",
+            ["server", "result"], registry=r,
+        )
+        self.abm_echoed_cursors = Counter(
+            "mdm_abm_echoed_cursors_total", "Answers that gave back the cursor sent with more_to_follow true "
+            "(the round stopped instead of looping).", ["server"], registry=r,
+        )
+        self.abm_devices = Gauge(
+            "mdm_abm_devices", "ABM devices by server and assignment state (pending, assigned, failed, throttled, "
+            "not_accessible, unassigned, removed).", ["server", "state"], registry=r,
+        )
+        self.abm_token_days_left = Gauge(
+            "mdm_abm_token_days_left", "Days until the ABM server token expires (negative: expired).", ["server"],
+            registry=r,
+        )
+        self.abm_last_sync = Gauge(
+            "mdm_abm_last_sync_timestamp_seconds", "When the last fetch or sync round completed (UNIX time).",
+            ["server"], registry=r,
+        )
+        self.ade_requests = Counter(
+            "mdm_ade_profile_requests_total", "Machine info requests at the ADE endpoint by outcome (served, "
+            "unsigned, bad_signature, untrusted, malformed, unknown_device, not_ready).", ["outcome"], registry=r,
+        )
+        self.ade_configured = Counter(
+            "mdm_ade_devices_configured_total", "ADE devices released from Setup Assistant (DeviceConfigured "
+            "acknowledged).", registry=r,
+        )
+
         # Known label values start at 0, so every series the dashboards ask about exists from the first
         # scrape (rate() and alerts need a series before the first event, not after it).
         for result in ("ok", "unregistered", "rejected", "certificate", "throttled", "failed"):

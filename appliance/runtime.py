@@ -39,6 +39,8 @@ class Runtime:
     ddm: Any = None
     renewals: Any = None
     trust: Any = None
+    abm: Any = None  # the ABM sync service (service/abm.py)
+    ade: Any = None  # the ADE endpoint's and setup steps' prepared config (service/ade.py)
     health_checks: list[HealthCheck] = field(default_factory=list)
     # Short phrases for systemd's STATUS= line, e.g. "push cert com.apple.mgmt.X expires in 200 days".
     status_phrases: list[Callable[[], Awaitable[str | None]]] = field(default_factory=list)

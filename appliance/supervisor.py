@@ -29,6 +29,8 @@ from appliance.metrics import Metrics
 from appliance.own_certificates import run_own_certificates
 from appliance.push.scheduler import run_push
 from appliance.runtime import Runtime
+from appliance.service.abm import run_abm
+from appliance.service.ade import AdeService
 from appliance.service.ddm import run_ddm
 from appliance.service.enrollment import warn_on_changed_urls
 from appliance.service.renewal import run_renewal
@@ -83,6 +85,7 @@ async def serve(config: Config, *, notifier: Notifier | None = None, handle_sign
             await workers.start(run_webhooks, runtime)
             await workers.start(run_ddm, runtime)
             await workers.start(run_renewal, runtime)
+            await workers.start(run_abm, runtime)
             # The TLS certificate the listeners serve, renewed (or reloaded) while they run.
             server_tls = await workers.start(run_own_certificates, runtime)
             workers.start_soon(_relay_store_faults, runtime)
@@ -122,6 +125,7 @@ def _runtime(config: Config, prepared: Prepared, store, clock: clocks.Clock) -> 
     )
     # Trust anchors for device identities: read once here, not per request.
     runtime.trust = DeviceIdentification.from_config(config, prepared.ca.certificate)
+    runtime.ade = AdeService(config)
     # The database first: when it fails (disk full, I/O error), that is what STATUS= must lead with.
     runtime.health_checks.append(store.health)
     runtime.status_phrases.append(store.status_phrase)

@@ -126,6 +126,7 @@ class _SignerInfo:
     signer_serial: int | None
     signer_key_id: bytes | None  # ... or by subject key identifier
     certificate_ders: tuple[bytes, ...]  # every certificate included
+    content: bytes | None = None  # the encapsulated content of an attached signature
 
 
 def verify_detached_signature(signature: bytes | str, body: bytes) -> x509.Certificate:
@@ -134,7 +135,18 @@ def verify_detached_signature(signature: bytes | str, body: bytes) -> x509.Certi
     Raises SignatureMalformed (answer 400) when the header cannot be read as a detached
     SignedData, SignatureInvalid (answer 403) when it does not prove the body.
     """
-    signer = _read(_decode(signature))
+    return _verified_signer(_read(_decode(signature)), body)
+
+
+def verify_attached_signature(der: bytes) -> tuple[x509.Certificate, bytes, tuple[bytes, ...]]:
+    """A SignedData that carries its content (DER): (signer certificate, content, every included certificate's
+    DER), once the signature proves the content. Same errors as verify_detached_signature."""
+    signer = _read(der, attached=True)
+    assert signer.content is not None
+    return _verified_signer(signer, signer.content), signer.content, signer.certificate_ders
+
+
+def _verified_signer(signer: _SignerInfo, body: bytes) -> x509.Certificate:
     hash_cls = _hash_class(signer.digest_name)
 
     if signer.signed_attrs_der is None:
@@ -168,7 +180,7 @@ def _decode(signature: bytes | str) -> bytes:
         raise SignatureMalformed("signature header is not base64") from exc
 
 
-def _read(der: bytes) -> _SignerInfo:
+def _read(der: bytes, attached: bool = False) -> _SignerInfo:
     # asn1crypto parses lazily: any field access can be the one that meets the junk, so the
     # whole walk is one guarded block whose only output is plain Python values. Each field is
     # read once, and OIDs are compared by their encoded contents (no dotted/name conversion).
@@ -180,7 +192,14 @@ def _read(der: bytes) -> _SignerInfo:
         encap = signed_data["encap_content_info"]
         if encap["content_type"].contents != _DATA:
             raise SignatureMalformed("signed content type is not id-data")
-        if not isinstance(encap["content"], core.Void):
+        content = None
+        if attached:
+            if isinstance(encap["content"], core.Void):
+                raise SignatureMalformed("the signature carries no content")
+            content = encap["content"].native
+            if not isinstance(content, bytes):
+                raise SignatureMalformed("the signed content is not an octet string")
+        elif not isinstance(encap["content"], core.Void):
             raise SignatureMalformed("signature is not detached")
         signer_infos = list(signed_data["signer_infos"])
         if len(signer_infos) != 1:
@@ -220,6 +239,7 @@ def _read(der: bytes) -> _SignerInfo:
             signer_serial=chosen["serial_number"].native if by_serial else None,
             signer_key_id=None if by_serial else chosen.native,
             certificate_ders=() if isinstance(included, core.Void) else _certificate_ders(included.dump()),
+            content=content,
         )
     except (SignatureMalformed, SignatureInvalid):
         raise

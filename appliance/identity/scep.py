@@ -16,17 +16,16 @@ import hmac
 import os
 from dataclasses import dataclass, field
 
-from asn1crypto import algos, cms, core, csr as asn1_csr, parser, x509 as asn1_x509
+from asn1crypto import algos, cms, core, csr as asn1_csr, x509 as asn1_x509
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives import hashes, padding as sym_padding
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
 from cryptography.x509.oid import AttributeOID
 
 from appliance import clock
+from appliance.identity import envelope
 
 # SCEP attribute OIDs (RFC 8894 section 3.2.1, VeriSign arc).
 OID_MESSAGE_TYPE = "2.16.840.1.113733.1.9.2"
@@ -296,119 +295,21 @@ def _verify_signer(signer_info, signed_attrs, content: bytes, cert: x509.Certifi
 
 # --- opening the envelope --------------------------------------------------------------
 
-_CIPHERS = {  # asn1crypto name -> (key bytes, cipher factory)
-    "aes128_cbc": (16, algorithms.AES),
-    "aes192_cbc": (24, algorithms.AES),
-    "aes256_cbc": (32, algorithms.AES),
-    "tripledes_3key": (24, TripleDES),
-    "des": (8, TripleDES),  # single DES is TripleDES with K1=K2=K3
-}
-
-
-def _cipher(name: str, key: bytes, iv: bytes) -> Cipher:
-    size, factory = _CIPHERS[name]
-    if len(key) != size:
-        raise ValueError("content-encryption key has the wrong size")
-    if name == "des":
-        key = key * 3
-    return Cipher(factory(key), modes.CBC(iv))
+_FAIL_INFO = {envelope.MALFORMED: FailInfo.BAD_REQUEST, envelope.UNSUPPORTED: FailInfo.BAD_ALG,
+              envelope.NOT_ADDRESSED: FailInfo.BAD_MESSAGE_CHECK, envelope.UNDECRYPTABLE: FailInfo.BAD_MESSAGE_CHECK}
 
 
 def open_envelope(message: PkiMessage, ca_certificate: x509.Certificate,
                   ca_key: rsa.RSAPrivateKey) -> bytes:
     """Decrypt the pkcsPKIEnvelope addressed to our CA certificate; return its content."""
-    try:
-        return _open_envelope(message, ca_certificate, ca_key)
-    except _PARSE_ERRORS as exc:
-        raise ScepError(f"malformed envelope: {_short(exc)}", FailInfo.BAD_REQUEST, message) from None
-
-
-def _open_envelope(message: PkiMessage, ca_certificate: x509.Certificate,
-                   ca_key: rsa.RSAPrivateKey) -> bytes:
-    envelope = message.envelope
-    if envelope is None:
+    if message.envelope is None:
         raise ScepError("no pkcsPKIEnvelope", FailInfo.BAD_REQUEST, message)
-    eci = envelope["encrypted_content_info"]
-    algo = eci["content_encryption_algorithm"]
-    name = algo["algorithm"].native
-    if name not in _CIPHERS:
-        raise ScepError(f"unsupported content encryption {name}", FailInfo.BAD_ALG, message)
     try:
-        iv = algo["parameters"].native
-        ciphertext = _encrypted_content(eci)
-        candidates = _our_recipients(envelope, ca_certificate)
-    except _PARSE_ERRORS as exc:
-        raise ScepError(f"malformed envelope: {_short(exc)}", FailInfo.BAD_REQUEST, message) from None
-    if not candidates:
-        raise ScepError("envelope is not addressed to this CA", FailInfo.BAD_MESSAGE_CHECK, message)
-    if not isinstance(iv, bytes) or not ciphertext:
-        raise ScepError("envelope without IV or content", FailInfo.BAD_REQUEST, message)
-    for ktri in candidates:
-        key_algo = ktri["key_encryption_algorithm"]["algorithm"].native
-        if key_algo not in ("rsaes_pkcs1v15", "rsa"):
-            raise ScepError(f"unsupported key transport {key_algo}", FailInfo.BAD_ALG, message)
-        try:
-            key = ca_key.decrypt(ktri["encrypted_key"].native, padding.PKCS1v15())
-            decryptor = _cipher(name, key, iv).decryptor()
-            padded = decryptor.update(ciphertext) + decryptor.finalize()
-            block_bits = 64 if name in ("des", "tripledes_3key") else 128
-            unpadder = sym_padding.PKCS7(block_bits).unpadder()
-            return unpadder.update(padded) + unpadder.finalize()
-        except ValueError:
-            continue  # one failure reason for every step: no padding oracle by message
-    raise ScepError("envelope does not decrypt with the CA key", FailInfo.BAD_MESSAGE_CHECK, message)
-
-
-def _encrypted_content(eci: cms.EncryptedContentInfo) -> bytes:
-    """The ciphertext, primitive or BER-constructed.
-
-    Go's pkcs7 (micromdm/scep's client) writes encryptedContent [0] as a definite-length
-    constructed string holding OCTET STRINGs, which asn1crypto only accepts in indefinite form.
-    """
-    rest = eci.contents
-    while rest:
-        size = parser.peek(rest)
-        class_, method, tag, _, contents, _ = parser.parse(rest[:size])
-        rest = rest[size:]
-        if class_ == 2 and tag == 0:
-            return _string_octets(contents, method == 1)
-    return b""
-
-
-def _string_octets(contents: bytes, constructed: bool, depth: int = 0) -> bytes:
-    if not constructed:
-        return contents
-    if depth > 8:
-        raise ValueError("constructed string nested too deep")
-    chunks, rest = [], contents
-    while rest:
-        size = parser.peek(rest)
-        class_, method, tag, _, inner, _ = parser.parse(rest[:size])
-        rest = rest[size:]
-        if class_ == 0 and tag == 0:  # end-of-contents of an indefinite form
-            break
-        if class_ != 0 or tag != 4:
-            raise ValueError("constructed encryptedContent holds something else than OCTET STRINGs")
-        chunks.append(_string_octets(inner, method == 1, depth + 1))
-    return b"".join(chunks)
-
-
-def _our_recipients(envelope: cms.EnvelopedData, ca_certificate: x509.Certificate) -> list:
-    ours, _ = _ca_asn1(_der(ca_certificate))
-    matching, others = [], []
-    for info in envelope["recipient_infos"]:
-        if info.name != "ktri":
-            continue
-        ktri = info.chosen
-        rid = ktri["rid"]
-        if rid.name == "issuer_and_serial_number":
-            hit = (rid.chosen["serial_number"].native == ours.serial_number
-                   and rid.chosen["issuer"].dump() == ours.issuer.dump())
-        else:
-            hit = rid.chosen.native == ours.key_identifier
-        (matching if hit else others).append(ktri)
-    # Some clients name the recipient oddly (e.g. re-encoded issuer): try the rest too.
-    return matching + others
+        return envelope.open_enveloped_data(message.envelope, ca_certificate, ca_key)
+    except envelope.EnvelopeError as exc:
+        reason = {envelope.NOT_ADDRESSED: "envelope is not addressed to this CA",
+                  envelope.UNDECRYPTABLE: "envelope does not decrypt with the CA key"}.get(exc.kind, exc.reason)
+        raise ScepError(reason, _FAIL_INFO[exc.kind], message) from None
 
 
 def parse_certification_request(der: bytes, message: PkiMessage) -> CertificationRequest:
@@ -508,11 +409,11 @@ def degenerate_pkcs7(certificates: list[x509.Certificate]) -> bytes:
 
 def _envelope(content: bytes, recipient: x509.Certificate, cipher_name: str) -> bytes:
     """EnvelopedData for the requester, with the content encryption it used itself."""
-    key_size, _ = _CIPHERS[cipher_name]
+    key_size, _ = envelope.CIPHERS[cipher_name]
     block = 8 if cipher_name in ("des", "tripledes_3key") else 16
     key, iv = os.urandom(key_size), os.urandom(block)
     padder = sym_padding.PKCS7(block * 8).padder()
-    encryptor = _cipher(cipher_name, key, iv).encryptor()
+    encryptor = envelope.cipher(cipher_name, key, iv).encryptor()
     ciphertext = encryptor.update(padder.update(content) + padder.finalize()) + encryptor.finalize()
     public_key = recipient.public_key()
     assert isinstance(public_key, rsa.RSAPublicKey)  # checked when the request was parsed
@@ -612,9 +513,9 @@ def _digest_algorithm(name: str) -> cms.DigestAlgorithm:
 def cert_rep_success(request: PkiMessage, issued: list[x509.Certificate],
                      ca_certificate: x509.Certificate, ca_key: rsa.RSAPrivateKey) -> bytes:
     """CertRep SUCCESS carrying the issued certificate, encrypted to the requester."""
-    cipher_name = request.content_encryption if request.content_encryption in _CIPHERS else "aes256_cbc"
-    envelope = _envelope(degenerate_pkcs7(issued), request.signer_certificate, cipher_name)
-    return _signed_cert_rep(request, PkiStatus.SUCCESS, envelope, ca_certificate, ca_key, issued=issued)
+    cipher_name = request.content_encryption if request.content_encryption in envelope.CIPHERS else "aes256_cbc"
+    enveloped = _envelope(degenerate_pkcs7(issued), request.signer_certificate, cipher_name)
+    return _signed_cert_rep(request, PkiStatus.SUCCESS, enveloped, ca_certificate, ca_key, issued=issued)
 
 
 def cert_rep_failure(request: PkiMessage, fail_info: FailInfo,

@@ -74,6 +74,14 @@ def new_command(inner: dict, command_uuid: str | None = None) -> Command:
     return Command(checked_uuid, request_type, _as_xml(document, "the command"), inner)
 
 
+def with_uuid(command: Command, command_uuid: str) -> Command:
+    """The same command under another CommandUUID (a command sent to each of many devices in turn, each
+    its own, as the ADE setup commands are)."""
+    document = {"CommandUUID": command_uuid, "Command": command.command}
+    checked_uuid, request_type, inner = _check(document)
+    return Command(checked_uuid, request_type, _as_xml(document, "the command"), inner)
+
+
 def _check(document: dict) -> tuple[str, str, dict]:
     command_uuid = document.get("CommandUUID")
     problem = command_uuid_problem(command_uuid)

@@ -12,7 +12,8 @@ trusted certificate is not enough, it must be the one bound to the device it spe
   signed by it, or against a one-time challenge tied to it (note_successor, at issuing). The first request
   that comes with it, Authenticate or any other, moves the binding, and queue and bootstrap token stay.
 - A certificate bound to, replaced on, or issued for one device never speaks for another, and a replaced
-  one never comes back.
+  one never comes back. One issued against an ADE challenge (tied to a serial number) Authenticates only
+  with that serial number.
 - Moving the binding ends the device's identity renewal (service/renewal.py): a proven renewal completes
   it, a re-enrollment forgets it; either way what is left of its attempts (a queued InstallProfile, unspent
   challenges tied to the old certificate) goes, so it can never issue a successor to a replaced one.
@@ -34,7 +35,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from appliance.logs import get_logger
 from appliance.protocol.enrollment import Enrollment
 from appliance.protocol.messages import Authenticate
-from appliance.store import bindings, enrollments, outbox, queue
+from appliance.store import abm, bindings, enrollments, outbox, queue
 from appliance.store import renewal as renewals
 from appliance.store import scep as scep_store
 from appliance.store.timefmt import to_text
@@ -140,6 +141,14 @@ def admit(conn: sqlite3.Connection, message, cert: Presented) -> Admission:
         raise CertificateNotBound(
             "certificate was replaced and is no longer accepted: enroll again for a new identity",
             f"certificate {cert.sha256} of {device} was replaced; bound now: {bound}",
+        )
+    tied = abm.identity_serial(conn, cert.sha256)
+    if tied is not None and tied != message.serial_number:
+        # Issued against an ADE challenge handed to one device (service/ade.py): it speaks for that one only.
+        raise CertificateNotBound(
+            "certificate was issued for a device with another serial number",
+            f"certificate {cert.sha256} was issued for serial number {tied}, used to Authenticate as {device} "
+            f"with serial number {message.serial_number}",
         )
     return Admission(device, cert, NEW if bound is None else REENROLLMENT, bound)
 

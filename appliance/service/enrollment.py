@@ -180,8 +180,9 @@ class ProfileInputs:
     challenge: str | None
 
 
-def prepare_profile(conn: sqlite3.Connection, config: Config) -> ProfileInputs:
-    """Inside one write transaction: what the profile needs from the database."""
+def prepare_profile(conn: sqlite3.Connection, config: Config, *, one_time_challenge: bool = False) -> ProfileInputs:
+    """Inside one write transaction: what the profile needs from the database. one_time_challenge: mint one
+    whatever [enrollment] says (the ADE endpoint ties it to the device's serial number)."""
     check_public_url(config.server.public_url)  # before anything is minted or recorded
     topic = push_topic(conn)
     if not topic:
@@ -192,7 +193,7 @@ def prepare_profile(conn: sqlite3.Connection, config: Config) -> ProfileInputs:
     settings = config.enrollment
     challenge = None
     if settings.identity == "scep":
-        if settings.one_time_challenge:
+        if settings.one_time_challenge or one_time_challenge:
             challenge, _ = mint_challenge_sync(conn, config)
         elif settings.scep_challenge:
             challenge = settings.scep_challenge

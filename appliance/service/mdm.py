@@ -32,7 +32,7 @@ from appliance.protocol.messages import (
     TokenUpdate,
     UserAuthenticate,
 )
-from appliance.service import ddm
+from appliance.service import ade, ddm
 from appliance.service.certauth import Presented, binding_step
 from appliance.store import enrollments, outbox, queue
 from appliance.webhook.events import acknowledge_event, checkin_event
@@ -50,6 +50,8 @@ async def checkin(runtime, message: CheckIn, certificate: Presented, url_params:
     elif isinstance(message, TokenUpdate) and runtime.ddm is not None:
         runtime.ddm.wake()  # the enrollment step may have marked this channel
     _wake_webhooks(runtime, options)
+    if options.push_after and runtime.push is not None:
+        runtime.push.request_push(options.push_after)  # ADE setup commands were queued: the device waits
     return answer
 
 
@@ -59,6 +61,8 @@ async def report(runtime, message: Report, certificate: Presented, url_params: d
     answer, outcome = await runtime.store.write(_REPORT, message, certificate, options)
     runtime.metrics.mdm_reports.labels(message.status, outcome).inc()
     _wake_webhooks(runtime, options)
+    if options.configured:
+        runtime.metrics.ade_configured.inc(len(options.configured))
     if answer.command_uuid is not None:
         runtime.metrics.mdm_commands_sent.inc()
     return answer
@@ -73,13 +77,16 @@ def _wake_webhooks(runtime, options: "_Options") -> None:
 class _Options:
     """What the transaction needs from the config (read on the trio side, not on the db thread)."""
 
-    __slots__ = ("webhook", "accept_user_authenticate", "url_params", "ddm")
+    __slots__ = ("webhook", "accept_user_authenticate", "url_params", "ddm", "ade", "push_after", "configured")
 
     def __init__(self, runtime, url_params: dict | None) -> None:
         self.webhook = runtime.config.webhook.url is not None
         self.accept_user_authenticate = runtime.config.checkin.user_authenticate == "accept"
         self.url_params = url_params or None
         self.ddm = runtime.ddm.options  # set by the DDM part, which starts before the listeners
+        self.ade = runtime.ade  # the ADE setup (service/ade.py); None in a runtime without one
+        self.push_after: list[str] = []  # enrollments to push once the transaction committed
+        self.configured: list[str] = []  # ADE devices whose DeviceConfigured was acknowledged
 
 
 # --- on the db thread, inside one transaction -----------------------------------------------------
@@ -156,9 +163,10 @@ def _report(conn: sqlite3.Connection, message: Report, options: _Options) -> tup
 
 
 # Each core runs inside the certificate binding step: it is only reached with an admitted certificate.
-# A check-in's core also runs inside the DDM enrollment step (a newly enrolled channel is marked).
-_CHECKIN = binding_step(ddm.enrollment_step(_checkin))
-_REPORT = binding_step(_report)
+# A check-in's core also runs inside the DDM enrollment step (a newly enrolled channel is marked), and both
+# inside the ADE steps, which hold a device in Setup Assistant until its setup commands are done.
+_CHECKIN = binding_step(ade.checkin_step(ddm.enrollment_step(_checkin)))
+_REPORT = binding_step(ade.report_step(_report))
 
 
 def _checkin_event(conn, message: CheckIn, options: _Options, tally: int | None) -> None:

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from appliance.identity import scep
 from appliance.identity.scep import FailInfo, MessageType, PkiMessage, ScepError
 from appliance.logs import get_logger
-from appliance.service import certauth
+from appliance.service import ade, certauth
 from appliance.store import scep as scep_store
 from appliance.store.timefmt import now as utc_now, to_text
 
@@ -148,12 +148,14 @@ def _record_issued(conn, issued: scep_store.IssuedCertificate, one_time: str | N
                    renewal_signer: str | None) -> tuple[str, scep_store.IssuedCertificate | None]:
     """One transaction: the certificate recorded and its one-time challenge spent, and, when the request
     proved a device's bound identity (signed by it, or a challenge tied to it), the certificate noted as
-    that device's successor."""
+    that device's successor; issued against an ADE challenge, the certificate tied to its serial number."""
     outcome, recorded = scep_store.record_enrollment(conn, issued, one_time, now)
     if outcome == scep_store.ISSUED:
         renews = scep_store.challenge_renews(conn, one_time) if one_time is not None else None
         certauth.note_successor(conn, hashlib.sha256(issued.certificate).hexdigest(),
                                 signed_by=renewal_signer, renews=renews)
+        if one_time is not None:
+            ade.tie_issued_identity(conn, one_time, issued.certificate)
     return outcome, recorded
 
 

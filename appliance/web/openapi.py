@@ -52,6 +52,9 @@ _DEVICE_ID = {"name": "device_id", "in": "path", "required": True, "schema": {"t
               "description": "Device id (UDID, or EnrollmentID for User Enrollment)."}
 _ENROLLMENT_ID = {"name": "device_id", "in": "path", "required": True, "schema": {"type": "string"},
                   "description": "A device id, or a user channel's enrollment id (\"UDID:UserID\")."}
+_ABM_NAME = {"name": "name", "in": "path", "required": True,
+             "schema": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"},
+             "description": "The ABM server entry's name (yours to choose, e.g. \"main\")."}
 _UUID = {"name": "command_uuid", "in": "path", "required": True, "schema": {"type": "string"}}
 _STRICT = {"name": "strict", "in": "query", "required": False, "schema": {"type": "string"},
            "description": "Any value but empty/0/false: check the command against GET /v1/catalog (RequestType, "
@@ -292,6 +295,72 @@ SCHEMAS: dict = {
         "forgotten": {"type": "array", "items": _ref("UrlSet")}}},
     "Challenge": {"type": "object", "required": ["challenge", "expires_at", "ttl_seconds"], "properties": {
         "challenge": {"type": "string"}, "expires_at": {"type": "string"}, "ttl_seconds": {"type": "integer"}}},
+    "AbmServer": {
+        "type": "object", "required": ["name", "has_token", "phase", "devices"],
+        "properties": {
+            "name": {"type": "string"}, "created_at": {"type": "string"},
+            "has_token": {"type": "boolean"}, "token_expires_at": _nullable("string"),
+            "token_imported_at": _nullable("string"),
+            "token_state": {"type": "string", "nullable": True, "enum": ["ok", "warning", "expired", "missing", None],
+                            "description": "warning: expires within 30 days."},
+            "token_days_left": _nullable("integer"),
+            "account": {"type": "object", "nullable": True, "additionalProperties": {"type": "string"},
+                        "description": "Apple's account detail: server_name, org_name, ..."},
+            "phase": {"type": "string", "enum": ["fetch", "sync"],
+                      "description": "fetch: a full fetch runs or is due; sync: incremental syncs."},
+            "cursor_at": _nullable("string"), "last_full_fetch_at": _nullable("string"),
+            "last_sync_at": _nullable("string"), "last_error": _nullable("string"),
+            "last_error_at": _nullable("string"), "profile_uuid": _nullable("string"),
+            "profile_defined_at": _nullable("string"),
+            "devices": {"type": "object", "additionalProperties": {"type": "integer"},
+                        "description": "Devices by assignment state (removed: no longer the server's)."},
+        },
+    },
+    "AbmServerList": {"type": "object", "required": ["servers"], "properties": {
+        "servers": {"type": "array", "items": _ref("AbmServer")}}},
+    "AbmKeypair": {"type": "object", "required": ["name", "certificate"], "properties": {
+        "name": {"type": "string"}, "certificate": {"type": "string", "description": "PEM: upload it in ABM."},
+        "next": {"type": "string"}}},
+    "AbmToken": {"type": "object", "required": ["name", "token_expires_at"], "properties": {
+        "name": {"type": "string"}, "token_expires_at": _nullable("string"),
+        "token_days_left": _nullable("integer")}},
+    "AbmSync": {"type": "object", "required": ["name", "full", "started"], "properties": {
+        "name": {"type": "string"}, "full": {"type": "boolean"}, "started": {"type": "boolean"}}},
+    "AbmServerDeleted": {"type": "object", "required": ["name", "devices_forgotten"], "properties": {
+        "name": {"type": "string"}, "devices_forgotten": {"type": "integer"}}},
+    "AbmDevice": {
+        "type": "object", "required": ["serial_number", "abm_server", "assign_state", "status"],
+        "properties": {
+            "serial_number": {"type": "string"}, "abm_server": {"type": "string"},
+            "model": _nullable("string"), "description": _nullable("string"), "color": _nullable("string"),
+            "asset_tag": _nullable("string"), "os": _nullable("string"), "device_family": _nullable("string"),
+            "profile_status": _nullable("string"), "profile_uuid": _nullable("string"),
+            "profile_assign_time": _nullable("string"), "profile_push_time": _nullable("string"),
+            "device_assigned_date": _nullable("string"), "device_assigned_by": _nullable("string"),
+            "added_at": {"type": "string"}, "modified_at": _nullable("string"), "deleted_at": _nullable("string"),
+            "seen_at": {"type": "string"},
+            "assign_state": {"type": "string", "enum": ["pending", "assigned", "failed", "throttled",
+                                                         "not_accessible", "unassigned", "removed"]},
+            "assign_reason": _nullable("string"), "assign_attempts": {"type": "integer"},
+            "assign_next_at": _nullable("string"), "assigned_profile_uuid": _nullable("string"),
+            "assigned_at": _nullable("string"),
+            "device_id": {"type": "string", "nullable": True,
+                          "description": "The enrolled device with this serial number (its UDID), or null."},
+            "status": {"type": "string", "description": "For people: enrolled, not enrolled yet (...), removed..."},
+            "ade": {"type": "object", "nullable": True, "description": "What the ADE endpoint handed it: "
+                    "profile_served_at, setup_state (awaiting, setup_commands, device_configured_sent, "
+                    "configured), setup_commands, configured_at."},
+        },
+    },
+    "AbmDevicePage": {"type": "object", "required": ["devices", "next_cursor"], "properties": {
+        "devices": {"type": "array", "items": _ref("AbmDevice")}, "next_cursor": _nullable("string")}},
+    "AbmSerials": {"type": "object", "required": ["serials"], "additionalProperties": False, "properties": {
+        "serials": {"type": "array", "minItems": 1, "maxItems": 10000,
+                    "items": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": r"\S"}}}},
+    "AbmDeviceOutcomes": {"type": "object", "required": ["devices"], "properties": {
+        "devices": {"type": "object", "additionalProperties": {"type": "object", "properties": {
+            "state": {"type": "string"}, "abm_server": {"type": "string"}, "result": _nullable("string"),
+            "error": {"type": "string"}}}}}},
 }
 
 PATHS: dict = {
@@ -451,6 +520,90 @@ PATHS: dict = {
                    "so the warning at start and in /healthz stops.",
         "responses": {"200": _json(_ref("ForgottenUrlSets"), "What was forgotten."), **_AUTH_ERRORS,
                       "503": _STD_ERRORS["503"]},
+    }},
+    "/v1/abm/servers": {"get": {
+        "summary": "ABM server entries: token expiry, sync state, last error, devices by assignment state.",
+        "responses": {"200": _json(_ref("AbmServerList"), "Every entry."), "401": _STD_ERRORS["401"],
+                      "503": _STD_ERRORS["503"]},
+    }},
+    "/v1/abm/servers/{name}": {
+        "post": {
+            "summary": "Make the key pair of a new ABM server entry; answers the certificate to upload in ABM.",
+            "parameters": [_ABM_NAME, {"name": "replace", "in": "query", "required": False,
+                                       "schema": {"type": "string"},
+                                       "description": "1: a new key pair for an existing entry (its token and "
+                                                      "devices go; upload the new certificate and a new token)."}],
+            "responses": {"201": _json(_ref("AbmKeypair"), "Made; the private key stays in the database."),
+                          "409": _error("The entry exists (code abm_server_exists)."), **_STD_ERRORS},
+        },
+        "get": {
+            "summary": "One ABM server entry.",
+            "parameters": [_ABM_NAME],
+            "responses": {"200": _json(_ref("AbmServer"), "The entry."), "404": _error("No such entry."),
+                          **_STD_ERRORS},
+        },
+        "delete": {
+            "summary": "Forget an ABM server entry, its token and the devices synced from it.",
+            "parameters": [_ABM_NAME],
+            "responses": {"200": _json(_ref("AbmServerDeleted"), "Forgotten."), "404": _error("No such entry."),
+                          **_STD_ERRORS},
+        },
+    },
+    "/v1/abm/servers/{name}/certificate": {"get": {
+        "summary": "The entry's certificate again (PEM), to upload in ABM.",
+        "parameters": [_ABM_NAME],
+        "responses": {"200": {"description": "PEM.", "content": {"application/x-pem-file": {
+            "schema": {"type": "string"}}}}, "404": _error("No such entry."), **_STD_ERRORS},
+    }},
+    "/v1/abm/servers/{name}/token": {"put": {
+        "summary": "Import the server token file (server_token_*.p7m) downloaded from ABM; used at once.",
+        "parameters": [_ABM_NAME],
+        "requestBody": {"required": True, "description": "The .p7m as downloaded (S/MIME), or its PEM/DER.",
+                        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+        "responses": {"200": _json(_ref("AbmToken"), "Stored; the sync starts now."),
+                      "400": _error("Not a token, made for another key pair, or expired (code invalid_server_token; "
+                                    "the message says which). Nothing changed."),
+                      "404": _error("No such entry."), "401": _STD_ERRORS["401"], "503": _STD_ERRORS["503"]},
+    }},
+    "/v1/abm/servers/{name}/sync": {"post": {
+        "summary": "Sync now (a full fetch of every device with ?full=1).",
+        "parameters": [_ABM_NAME, {"name": "full", "in": "query", "required": False, "schema": {"type": "string"},
+                                   "description": "1: fetch every device again instead of the changes."}],
+        "responses": {"202": _json(_ref("AbmSync"), "Started; GET the entry to follow it."),
+                      "404": _error("No such entry."), "409": _error("No token imported yet (code no_server_token)."),
+                      **_STD_ERRORS},
+    }},
+    "/v1/abm/devices": {"get": {
+        "summary": "Devices ABM assigned to our servers, with their profile assignment and enrollment status.",
+        "parameters": [_LIMIT, _CURSOR,
+                       {"name": "server", "in": "query", "required": False, "schema": {"type": "string"}},
+                       {"name": "state", "in": "query", "required": False, "schema": {
+                           "type": "string", "enum": ["pending", "assigned", "failed", "throttled", "not_accessible",
+                                                      "unassigned", "removed"]}},
+                       {"name": "serial", "in": "query", "required": False, "schema": {"type": "string"}},
+                       {"name": "enrolled", "in": "query", "required": False,
+                        "schema": {"type": "string", "enum": ["true", "false"]}}],
+        "responses": {"200": _json(_ref("AbmDevicePage"), "A page of devices, by serial number."), **_STD_ERRORS},
+    }},
+    "/v1/abm/devices/{serial}": {"get": {
+        "summary": "One ABM device: assignment, enrollment and ADE setup state.",
+        "parameters": [{"name": "serial", "in": "path", "required": True, "schema": {"type": "string"}}],
+        "responses": {"200": _json(_ref("AbmDevice"), "The device."), "404": _error("ABM never named it."),
+                      "401": _STD_ERRORS["401"], "503": _STD_ERRORS["503"]},
+    }},
+    "/v1/abm/devices/assign": {"post": {
+        "summary": "Assign the ADE profile to these devices now (also ones an operator unassigned).",
+        "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("AbmSerials"),
+                                                                           "example": {"serials": ["C02XK1JJH7JY"]}}}},
+        "responses": {"200": _json(_ref("AbmDeviceOutcomes"), "Per serial: pending (assigned by its worker now), "
+                                   "or an error."), **_STD_ERRORS},
+    }},
+    "/v1/abm/devices/unassign": {"post": {
+        "summary": "Take the ADE profile off these devices in ABM, and never assign it automatically again.",
+        "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("AbmSerials"),
+                                                                           "example": {"serials": ["C02XK1JJH7JY"]}}}},
+        "responses": {"200": _json(_ref("AbmDeviceOutcomes"), "Per serial: Apple's answer, or an error."),
+                      **_STD_ERRORS},
     }},
     "/v1/openapi.json": {"get": {
         "summary": "This document.", "security": [],

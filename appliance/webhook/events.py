@@ -10,7 +10,10 @@ enrollment) and "token_update_tally" on TokenUpdate.
 Our own, in the same envelope: "appliance.Reenrollment" (a "reenrollment_event") when another identity
 certificate re-enrolled a known device and the old enrollment's pending commands and secrets were cleared;
 "appliance.DeclarationStatus" (a "declaration_status_event") when a DDM status report changed the status
-of declarations on an enrollment.
+of declarations on an enrollment.;
+"abm.DeviceAdded", "abm.DeviceModified", "abm.DeviceDeleted" and "abm.AssignmentFailed" (an "abm_event")
+from the Apple Business Manager sync; "ade.ProfileServed" and "ade.DeviceConfigured" (an "ade_event") from
+Automated Device Enrollment.
 
 Sans-I/O: builds bytes, never sends them. The body is built once and stored in the outbox, so every
 retry carries the same event_id and bytes (receivers can de-duplicate on event_id; the HMAC is stable).
@@ -118,3 +121,22 @@ def declaration_status_event(*, udid: str, enrollment_id: str, ids: dict, status
     event["status_id"] = status_id
     event["changes"] = changes
     return DECLARATION_STATUS_TOPIC, _envelope(DECLARATION_STATUS_TOPIC, "declaration_status_event", event)
+
+
+ABM_TOPICS = {"added": "abm.DeviceAdded", "modified": "abm.DeviceModified", "deleted": "abm.DeviceDeleted",
+              "assignment_failed": "abm.AssignmentFailed"}
+ADE_TOPICS = {"profile_served": "ade.ProfileServed", "device_configured": "ade.DeviceConfigured"}
+
+
+def abm_event(kind: str, fields: dict) -> tuple[str, bytes]:
+    """A device ABM added to, changed on or removed from an MDM server entry, or whose profile assignment
+    failed -> (topic, JSON body). fields: serial_number, abm_server and what Apple said of the device."""
+    topic = ABM_TOPICS[kind]
+    return topic, _envelope(topic, "abm_event", dict(fields))
+
+
+def ade_event(kind: str, fields: dict) -> tuple[str, bytes]:
+    """An ADE device was handed its enrollment profile, or was released from Setup Assistant
+    (DeviceConfigured acknowledged) -> (topic, JSON body)."""
+    topic = ADE_TOPICS[kind]
+    return topic, _envelope(topic, "ade_event", dict(fields))

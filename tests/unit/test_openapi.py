@@ -21,9 +21,10 @@ MAX_EXAMPLES = 6
 # NanoMDM's answer codes: 500 means "every id failed" and carries the per-id JSON (the document says so);
 # /v1/pushcert GET documents its 500 for an unreadable stored certificate.
 DOCUMENTED_500 = {"/v1/enqueue/{ids}", "/v1/commands", "/v1/push/{ids}", "/v1/pushcert"}
-# Bodies a schema cannot describe (a command plist, a PEM bundle, a command's free-form keys): random "schema-valid" bytes are rightly
+# Bodies a schema cannot describe (a command plist, a PEM bundle, a command's free-form keys, an ABM token
+# file): random "schema-valid" bytes are rightly
 # rejected with 400, so acceptance of generated bodies is not checked there (the documented example is).
-OPAQUE_BODY = {"/v1/enqueue/{ids}", "/v1/pushcert", "/v1/commands",
+OPAQUE_BODY = {"/v1/enqueue/{ids}", "/v1/pushcert", "/v1/commands", "/v1/abm/servers/{name}/token",
                # a declaration checked against Apple's schema, an asset type, an OS version and local deadline
                "/api/v1/ddm/declarations", "/api/v1/ddm/assets/{identifier}", "/api/v1/ddm/os-update"}
 

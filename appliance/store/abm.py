@@ -9,6 +9,7 @@ the cursor on.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ PENDING, ASSIGNED, FAILED, THROTTLED = "pending", "assigned", "failed", "throttl
 NOT_ACCESSIBLE, UNASSIGNED, REMOVED = "not_accessible", "unassigned", "removed"
 ASSIGN_STATES = (PENDING, ASSIGNED, FAILED, THROTTLED, NOT_ACCESSIBLE, UNASSIGNED, REMOVED)
 _CHUNK = 500
+# An ABM server entry's name: the operator's word for it (in CLI commands, API paths and metrics labels).
+SERVER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 class ServerExists(Exception):
@@ -472,7 +475,7 @@ def unenrolled_devices(conn: sqlite3.Connection, *, text: str | None = None, ser
     return [{
         "id": None, "serial_number": row["serial_number"], "model": row["model"],
         "model_name": row["description"], "product_name": None, "os_version": None, "device_name": None,
-        "enrolled": False, "active": False, "status": status_phrase(dict(row)),
+        "enrolled": False, "active": False, "pending_commands": 0, "status": status_phrase(dict(row)),
         "abm": {"server": row["server"], "assign_state": row["assign_state"], "os": row["os"],
                 "device_family": row["device_family"], "added_at": row["added_at"]},
     } for row in rows]

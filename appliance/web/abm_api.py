@@ -13,7 +13,6 @@ POST   /v1/abm/devices/assign|unassign  {"serials": [...]}: assign the profile n
 
 from __future__ import annotations
 
-import re
 from functools import partial
 
 import trio
@@ -29,12 +28,11 @@ from appliance.web.errors import ApiError
 
 blueprint = Blueprint("abm_api", __name__)
 
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 MAX_SERIALS = 10_000
 
 
 def _name(name: str) -> str:
-    if not NAME.fullmatch(name):
+    if not abm_store.SERVER_NAME.fullmatch(name):
         raise ApiError(400, "bad_name", "an ABM server name is 1-64 letters, digits, '.', '_' or '-' "
                                         "(starting with a letter or digit)")
     return name

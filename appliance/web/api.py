@@ -18,6 +18,7 @@ from appliance.protocol import commands as command_rules
 from appliance.protocol.errors import MessageError
 from appliance.protocol.plistjson import JsonPlistError, to_json
 from appliance.service import commands
+from appliance.store import abm as abm_store
 from appliance.store import fleet, queue
 from appliance.web.app import runtime
 from appliance.web.auth import require_api_key
@@ -93,24 +94,49 @@ async def get_catalog():
 @blueprint.get("/v1/devices")
 @require_api_key
 async def list_devices():
+    """Devices by id, then the devices Apple Business Manager assigned to us that have not enrolled yet (by
+    serial number, id null): the cursor says which part a page continues."""
     limit = _limit()
+    after = _cursor((str, list))
+    if isinstance(after, list) and (len(after) != 2 or after[0] != "abm" or not isinstance(after[1], str)):
+        raise ApiError(400, "bad_cursor", "cursor is not one this API handed out")
     # Read every argument here: the query runs on the store's thread, outside the request context.
-    filters = {"serial": _arg("serial"), "udid": _arg("udid"), "active": _bool_arg("active"),
-               "after": _cursor(str), "limit": limit + 1}
-    rows = await runtime().store.read(lambda conn: fleet.list_devices(conn, **filters))
+    filters = {"serial": _arg("serial"), "udid": _arg("udid"), "active": _bool_arg("active")}
+
+    def read(conn) -> list[dict]:
+        rows: list[dict] = []
+        if not isinstance(after, list):
+            rows = fleet.list_devices(conn, **filters, after=after, limit=limit + 1)
+        if len(rows) <= limit and filters["udid"] is None and filters["active"] is not True:
+            rows += abm_store.unenrolled_devices(conn, serial=filters["serial"], limit=limit + 1 - len(rows),
+                                                 after=after[1] if isinstance(after, list) else None)
+        return rows
+
+    rows = await runtime().store.read(read)
     page, more = rows[:limit], len(rows) > limit
-    identities = await runtime().renewals.describe([row["id"] for row in page])
+    identities = await runtime().renewals.describe([row["id"] for row in page if row["id"] is not None])
     for row in page:
         identity = identities.get(row["id"])
         row["identity_not_after"] = identity["not_after"] if identity else None
         row["identity_renewal"] = identity["renewal"]["state"] if identity else None
-    return jsonify({"devices": page, "next_cursor": _encode_cursor(page[-1]["id"]) if more else None})
+    cursor = None
+    if more:
+        last = page[-1]
+        cursor = _encode_cursor(last["id"] if last["id"] is not None else ["abm", last["serial_number"]])
+    return jsonify({"devices": page, "next_cursor": cursor})
 
 
 @blueprint.get("/v1/devices/<device_id>")
 @require_api_key
 async def get_device(device_id: str):
-    found = await runtime().store.read(fleet.device, device_id)
+    def read(conn):
+        found = fleet.device(conn, device_id)
+        if found is not None:
+            # Joined by serial number: what Apple Business Manager says of it, and its ADE setup.
+            found["abm"] = abm_store.abm_summary(conn, found["serial_number"])
+        return found
+
+    found = await runtime().store.read(read)
     if found is None:
         raise ApiError(404, "device_not_found", f"no device with id {device_id!r}")
     # The bound identity with its issuer, lifetime and renewal (service/renewal.py).

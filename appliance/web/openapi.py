@@ -161,7 +161,12 @@ SCHEMAS: dict = {
     "Device": {
         "type": "object", "required": ["id", "enrolled", "active", "pending_commands"],
         "properties": {
-            "id": {"type": "string"},
+            "id": {"type": "string", "nullable": True, "description": "The device id (UDID); null for a device "
+                   "Apple Business Manager assigned to us that has not enrolled yet (see serial_number, status)."},
+            "status": {"type": "string", "description": "Devices not enrolled yet only: e.g. \"not enrolled yet "
+                       "(profile assigned)\"."},
+            "abm": {"type": "object", "nullable": True, "description": "Devices not enrolled yet only: their ABM "
+                    "server, assignment state, OS and family."},
             "serial_number": _nullable("string"), "model": _nullable("string"),
             "model_name": _nullable("string"), "product_name": _nullable("string"),
             "os_version": _nullable("string"), "build_version": _nullable("string"),
@@ -218,6 +223,9 @@ SCHEMAS: dict = {
             "properties": {
                 "enrollments": {"type": "array", "items": _ref("Enrollment"),
                                 "description": "The device channel first, then user channels."},
+                "abm": {"type": "object", "nullable": True, "description": "What Apple Business Manager "
+                        "says of it (joined by serial number): server, model, assignment, status, and its ADE "
+                        "setup (profile_served_at, setup_state, configured_at)."},
                 "identity_certificate": {"type": "object", "nullable": True, "properties": {
                     "sha256": {"type": "string"}, "subject": _nullable("string"), "issuer": _nullable("string"),
                     "issued_by_appliance": {"type": "boolean"},
@@ -428,6 +436,8 @@ PATHS: dict = {
     }},
     "/v1/devices": {"get": {
         "summary": "Devices, paged, filterable.",
+        "description": "Devices by id; then the devices Apple Business Manager assigned to us that have not "
+                       "enrolled yet (id null, by serial number; not with ?udid= or ?active=true).",
         "parameters": [_LIMIT, _CURSOR,
                        {"name": "serial", "in": "query", "required": False, "schema": {"type": "string"}},
                        {"name": "udid", "in": "query", "required": False, "schema": {"type": "string"}},

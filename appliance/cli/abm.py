@@ -329,8 +329,8 @@ def device(config_path, as_json, serial) -> None:
         click.echo(f"{key.replace('_', ' ') + ':':17} {_cell(found.get(key))}")
     ade = found.get("ade")
     if ade:
-        click.echo(f"{'ade setup:':17} {_cell(ade.get('setup_state'))} (profile served {_cell(ade.get('profile_served_at'))}, "
-                   f"configured {_cell(ade.get('configured_at'))})")
+        click.echo(f"{'ade setup:':17} {_cell(ade.get('setup_state'))} (profile served "
+                   f"{_cell(ade.get('profile_served_at'))}, configured {_cell(ade.get('configured_at'))})")
 
 
 def _serials(serials: tuple[str, ...]) -> list[str]:
@@ -350,7 +350,8 @@ def _report(answer: dict, as_json: bool) -> None:
             failed += 1
             click.echo(f"{serial}: {outcome['error']}")
         else:
-            click.echo(f"{serial}: {outcome.get('state')}" + (f" ({outcome['result']})" if outcome.get("result") else ""))
+            result = f" ({outcome['result']})" if outcome.get("result") else ""
+            click.echo(f"{serial}: {outcome.get('state')}{result}")
     if failed:
         raise SystemExit(1)
 

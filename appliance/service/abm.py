@@ -34,7 +34,7 @@ from appliance.store import abm as abm_store
 from appliance.store import outbox
 from appliance.store.db import StoreClosed
 from appliance.store.faults import StoreUnavailable
-from appliance.store.timefmt import from_text, now, to_text
+from appliance.store.timefmt import from_text, to_text
 from appliance.webhook.events import abm_event
 
 log = get_logger("abm")
@@ -152,7 +152,7 @@ class AbmService:
     # --- health ---------------------------------------------------------------------------------------------
     def status(self, servers: list[dict]) -> list[dict]:
         """Per stored server (store.abm.servers): token state and days left, sync state, last error."""
-        moment = now()
+        moment = self.runtime.clock.now()
         found = []
         for server in servers:
             expires = from_text(server["token_expires_at"])
@@ -187,7 +187,8 @@ class AbmService:
             if state == "missing":
                 parts.append(f"ABM {name}: no token imported")
             elif state == "expired":
-                parts.append(f"ERROR: ABM token {name} EXPIRED on {server['token_expires_at'][:10]}, download a new one")
+                parts.append(f"ERROR: ABM token {name} EXPIRED on {server['token_expires_at'][:10]}, "
+                             "download a new one")
             elif state == "warning":
                 parts.append(f"WARNING: ABM token {name} expires in {server['token_days_left']} days, renew it")
             else:
@@ -196,7 +197,7 @@ class AbmService:
 
     def _update_gauges(self) -> None:
         metrics = self.runtime.metrics
-        moment = now()
+        moment = self.runtime.clock.now()
         for server in self._servers:
             expires = from_text(server["token_expires_at"])
             if expires is not None:
@@ -277,6 +278,7 @@ class ServerWorker:
         self.version = 0
         self.reload = True
         self.client: DepClient | None = None
+        self.expires_at: datetime | None = None  # the token's
         self.full_requested = False
         self.last_error: str | None = None
         self.failures = 0
@@ -359,7 +361,8 @@ class ServerWorker:
     # --- one round ------------------------------------------------------------------------------------------
     async def round(self) -> float:
         store = self.runtime.store
-        if self.reload or self.client is None:
+        expired = self.expires_at is not None and self.expires_at <= self.runtime.clock.now()
+        if self.reload or self.client is None or expired:
             await self._load_token()
         client = self.client
         assert client is not None
@@ -386,13 +389,14 @@ class ServerWorker:
             self.client = None
             raise _NoToken(f"no server token imported: `mdm-appliance abm token import {self.name} FILE`")
         token = dep.parse_server_token(token_json)
-        if token.expires_at is not None and token.expires_at <= now():
+        self.expires_at = token.expires_at
+        if token.expires_at is not None and token.expires_at <= self.runtime.clock.now():
             self.client = None
             self.reload = True
             raise _NoToken(f"the server token expired on {token.expires_at:%Y-%m-%d}: download a new one")
         config = self.service.config
         self.client = DepClient(self.name, config.url_of(self.name), token, self.service.http,
-                                timeout=config.request_timeout, now=now,
+                                timeout=config.request_timeout, now=self.runtime.clock.now,
                                 observe=lambda exchange: self.service.observe(self.name, exchange))
         log.info("abm_token_loaded", server=self.name, url=config.url_of(self.name),
                  expires_at=to_text(token.expires_at) if token.expires_at else None)
@@ -416,7 +420,7 @@ class ServerWorker:
     async def _sync(self, client: DepClient, position: dict) -> None:
         phase, cursor = position["phase"], position["cursor"]
         config = self.service.config
-        moment = now()
+        moment = self.runtime.clock.now()
         why = self._full_fetch_reason(position, moment)
         if why is not None:
             await self.runtime.store.write(abm_store.start_full_fetch, self.name)
@@ -442,7 +446,8 @@ class ServerWorker:
                     log.warning("abm_cursor_refused", server=self.name, phase=phase, code=exc.code,
                                 action="full fetch")
                     await self.runtime.store.write(abm_store.start_full_fetch, self.name)
-                    phase, cursor, restarted, started = abm_store.FETCH, None, True, to_text(now())
+                    phase, cursor, restarted = abm_store.FETCH, None, True
+                    started = to_text(self.runtime.clock.now())
                     continue
                 raise
             echoed = page.more_to_follow and cursor is not None and page.cursor == cursor
@@ -517,7 +522,8 @@ class ServerWorker:
         if not profile_uuid:
             return
         for _ in range(self.service.max_pages):  # every batch leaves its devices not due: this ends well before
-            serials = await store.read(abm_store.due_assignments, self.name, to_text(now()), self.service.assign_batch)
+            moment = to_text(self.runtime.clock.now())
+            serials = await store.read(abm_store.due_assignments, self.name, moment, self.service.assign_batch)
             if not serials:
                 return
             try:
@@ -558,7 +564,7 @@ class ServerWorker:
     async def _next_wait(self) -> float:
         store = self.runtime.store
         position = await store.read(abm_store.sync_position, self.name)
-        moment = now()
+        moment = self.runtime.clock.now()
         waits = [self.service.config.sync_interval]
         last_sync = from_text(position["last_sync_at"]) if position else None
         if last_sync is not None:

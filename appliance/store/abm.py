@@ -570,7 +570,8 @@ def set_setup(conn: sqlite3.Connection, serial: str, state: str, *, commands: li
     conn.execute(
         "UPDATE ade_enrollments SET setup_state = ?, updated_at = ?, "
         "setup_commands = coalesce(?, setup_commands), device_configured_uuid = coalesce(?, device_configured_uuid), "
-        "setup_started_at = CASE WHEN ? = 'setup_commands' OR setup_started_at IS NULL THEN ? ELSE setup_started_at END, "
+        "setup_started_at = CASE WHEN ? = 'setup_commands' OR setup_started_at IS NULL THEN ? "
+        "ELSE setup_started_at END, "
         "configured_at = CASE WHEN ? = 'configured' THEN ? ELSE configured_at END WHERE serial_number = ?",
         (state, now, json.dumps(commands) if commands is not None else None, device_configured_uuid,
          state, now, state, now, serial))

@@ -52,9 +52,10 @@ async def wait_for_state(server: Server, name: str, predicate, timeout: float = 
             await trio.sleep(0.05)
 
 
-async def abm_devices(server: Server, **params) -> list[dict]:
+async def abm_devices(appliance: Server, **params) -> list[dict]:
+    """Every ABM device (all pages); params: server, state, serial, enrolled."""
     found, cursor = [], None
-    async with server.api_client() as api:
+    async with appliance.api_client() as api:
         while True:
             answer = await api.get("/v1/abm/devices", params={**params, "limit": 1000,
                                                               **({"cursor": cursor} if cursor else {})})

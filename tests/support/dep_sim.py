@@ -86,6 +86,11 @@ class Request:
     status: int
     body: dict | None
     cursor: str | None = None  # the cursor sent, for fetch and sync
+    answer: object = None  # what was answered (JSON)
+
+    @property
+    def answered_cursor(self) -> str | None:
+        return self.answer.get("cursor") if isinstance(self.answer, dict) else None
 
 
 @dataclass
@@ -276,7 +281,7 @@ class DepSim:
         self.requests: list[Request] = []
         self.faults: list[Fault] = []
         self.echo_cursor = 0  # the next N fetch/sync pages answer the cursor they were sent
-        self.holds: dict[str, trio.Event] = {}  # path -> the next request to it waits for this event
+        self.holds: dict[str, tuple[int, trio.Event]] = {}  # path -> (requests to let through, then wait)
         self.held = trio.Event()  # set when a request starts waiting on a hold
         self.changed = trio.Event()
         self.nonces: set[str] = set()
@@ -296,9 +301,10 @@ class DepSim:
     def fail(self, path: str, status: int, retry_after: str | None = "1", times: int = 1) -> None:
         self.faults.append(Fault(path, status, retry_after, times))
 
-    def hold(self, path: str) -> trio.Event:
-        """The next request to `path` waits until the returned event is set (the test sets it)."""
-        event = self.holds[path] = trio.Event()
+    def hold(self, path: str, after: int = 0) -> trio.Event:
+        """After `after` more requests to `path`, the next one waits until the returned event is set."""
+        event = trio.Event()
+        self.holds[path] = (after, event)
         return event
 
     def calls(self, path: str, method: str | None = None) -> list[Request]:
@@ -360,10 +366,15 @@ class DepSim:
                 break
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         method, path = scope["method"], scope["path"]
-        hold = self.holds.pop(path, None)
+        hold = self.holds.get(path)
         if hold is not None:
-            self.held.set()
-            await hold.wait()
+            let_through, event = hold
+            if let_through > 0:
+                self.holds[path] = (let_through - 1, event)
+            else:
+                del self.holds[path]
+                self.held.set()
+                await event.wait()
         status, answer, extra = self.handle(method, path, headers, raw)
         body = json.dumps(answer).encode()
         response_headers = [(b"content-type", b"application/json;charset=UTF8"),
@@ -380,7 +391,7 @@ class DepSim:
             body = None
         cursor = body.get("cursor") if isinstance(body, dict) else None
         status, answer, extra = self._route(method, path, headers, body, raw)
-        self.requests.append(Request(method, path, status, body if isinstance(body, dict) else None, cursor))
+        self.requests.append(Request(method, path, status, body if isinstance(body, dict) else None, cursor, answer))
         return status, answer, extra
 
     def _route(self, method: str, path: str, headers: dict, body, raw: bytes) -> tuple[int, object, list]:

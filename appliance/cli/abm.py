@@ -254,7 +254,7 @@ def sync(config_path, name, full) -> None:
     \b
     Example:  mdm-appliance abm sync main --full
     """
-    _api(config_path).call("POST", _path("abm", "servers", name, "sync", full="1" if full else None))
+    _api(config_path).call("POST", _path("abm", "servers", name, "sync", full="1" if full else None), ok=(202,))
     click.echo(f"sync of {name} started; `mdm-appliance abm servers` shows when it is done")
 
 

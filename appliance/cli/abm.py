@@ -2,14 +2,13 @@
 assignment of their devices.
 
 keypair, certificate, token import and servers go through the running server's admin API (which starts
-syncing with a new token at once); with no server running they work on the database in data_dir, and a
-server started later, or one that missed the change, picks it up within seconds. The other commands need
-the running server.
+syncing with a new token at once); with no server serving this config they work on the database in
+data_dir (appliance.cli.common), and a server started later uses what they stored. The other commands
+need the running server.
 """
 
 from __future__ import annotations
 
-import sqlite3
 import sys
 from pathlib import Path
 
@@ -17,66 +16,24 @@ import click
 
 from appliance.cli import main
 from appliance.cli.admin import _cell, _path, _print_json, _table, json_option
-from appliance.cli.common import ApiClient, CliError, config_option, load_config_or_exit
-
-PROBE_SECONDS = 3.0
-
-
-def _api_or_none(config) -> ApiClient | None:
-    """The running server's admin API, or None when none answers here (the command uses the database)."""
-    try:
-        client = ApiClient(config, timeout=PROBE_SECONDS)
-        status, data = client.request("GET", "/healthz")
-        if status != 200 or b'"status"' not in data:
-            return None
-    except CliError:
-        return None
-    client.timeout = 120.0
-    return client
-
+from appliance.cli.common import (ApiClient, CliError, config_option, database, load_config_or_exit, serving_api,
+                                  transaction)
 
 def _api(config_path) -> ApiClient:
-    config = load_config_or_exit(config_path)
-    client = _api_or_none(config)
+    client = serving_api(load_config_or_exit(config_path))
     if client is None:
         raise CliError("this needs the running appliance (is `mdm-appliance serve` running with this config?)")
     return client
 
 
-def _database(config) -> sqlite3.Connection:
-    from appliance.bootstrap import DB_FILE
-    from appliance.store.db import connect_sync
-
-    path = Path(config.data_dir) / DB_FILE
-    if not path.exists():
-        raise CliError(f"no database at {path}: start the server once (`mdm-appliance serve`) so that it creates it")
-    try:
-        return connect_sync(path, config.storage.synchronous)
-    except (sqlite3.Error, RuntimeError) as exc:
-        raise CliError(f"cannot open the database {path}: {exc}") from None
-
-
 def _write(config, fn, *args, **kwargs):
-    conn = _database(config)
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            result = fn(conn, *args, **kwargs)
-            conn.execute("COMMIT")
-            return result
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-    finally:
-        conn.close()
+    with database(config) as conn, transaction(conn):
+        return fn(conn, *args, **kwargs)
 
 
 def _read(config, fn, *args):
-    conn = _database(config)
-    try:
+    with database(config) as conn:
         return fn(conn, *args)
-    finally:
-        conn.close()
 
 
 def _output(text: str, out: str | None) -> None:
@@ -118,7 +75,7 @@ def keypair(config_path, name, out, replace) -> None:
     Example:  mdm-appliance abm keypair main --out main.pem
     """
     config = load_config_or_exit(config_path)
-    api = _api_or_none(config)
+    api = serving_api(config)
     if api is not None:
         _, answer = api.call("POST", _path("abm", "servers", name, replace="1" if replace else None))
         _output(answer["certificate"], out)
@@ -150,7 +107,7 @@ def certificate(config_path, name, out) -> None:
     Example:  mdm-appliance abm certificate main --out main.pem
     """
     config = load_config_or_exit(config_path)
-    api = _api_or_none(config)
+    api = serving_api(config)
     if api is not None:
         _, data = api.call("GET", _path("abm", "servers", name, "certificate"))
         text = data.decode("ascii") if isinstance(data, bytes) else str(data)
@@ -186,7 +143,7 @@ def token_import(config_path, name, token_file) -> None:
         data = Path(token_file).read_bytes()
     except OSError as exc:
         raise CliError(f"cannot read {token_file}: {exc.strerror or exc}") from None
-    api = _api_or_none(config)
+    api = serving_api(config)
     if api is not None:
         _, answer = api.call("PUT", _path("abm", "servers", name, "token"), body=data,
                              content_type="application/pkcs7-mime")
@@ -219,7 +176,7 @@ def servers(config_path, as_json) -> None:
     Example:  mdm-appliance abm servers
     """
     config = load_config_or_exit(config_path)
-    api = _api_or_none(config)
+    api = serving_api(config)
     if api is not None:
         _, answer = api.call("GET", _path("abm", "servers"))
         found = answer["servers"]

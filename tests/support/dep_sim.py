@@ -489,3 +489,29 @@ def _signature(method: str, url: str, params: dict[str, str], token: Token) -> s
     base = "&".join([method, _encode(base_uri), _encode(normalized)])
     key = f"{_encode(token.consumer_secret)}&{_encode(token.access_secret)}"
     return base64.b64encode(hmac.new(key.encode(), base.encode(), hashlib.sha1).digest()).decode()
+
+
+def _main() -> None:
+    """Run alone, for the benchmark: python tests/support/dep_sim.py --devices 10000 --port-file F --token-file T"""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--devices", type=int, default=1000)
+    parser.add_argument("--port-file", required=True)
+    parser.add_argument("--token-file", required=True, help="where to write the server token's JSON")
+    args = parser.parse_args()
+    sim = DepSim()
+    server = sim.add_server("main")
+    server.add_devices(args.devices)
+    Path(args.token_file).write_text(json.dumps(server.token_json()))
+
+    async def serve_forever() -> None:
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(sim.run)
+            Path(args.port_file).write_text(url)
+
+    trio.run(serve_forever)
+
+
+if __name__ == "__main__":
+    _main()

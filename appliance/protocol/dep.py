@@ -251,7 +251,7 @@ def define_profile_body(settings: ProfileSettings) -> dict:
     return body
 
 
-def profile_digest(body: dict) -> str:
+def profile_hash(body: dict) -> str:
     """A stable fingerprint of a profile body: a changed config means the profile is defined again."""
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 

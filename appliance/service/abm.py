@@ -75,7 +75,7 @@ class AbmService:
         self.http: httpx.AsyncClient | None = None
         ca_der = runtime.ca.certificate_der if runtime.server_cert_from_ca else None
         self.profile_body = dep.define_profile_body(profile_settings(runtime.config, ca_der))
-        self.profile_digest = dep.profile_digest(self.profile_body)
+        self.profile_hash = dep.profile_hash(self.profile_body)
         self.retry = abm_store.RetryPolicy(self.config.assign_retry_initial, self.config.assign_retry_max,
                                            self.config.throttled_retry)
         self._servers: list[dict] = []
@@ -369,7 +369,7 @@ class ServerWorker:
         position = await store.read(abm_store.sync_position, self.name)
         if position is None:
             raise _NoToken("the server entry is gone")
-        if position["profile_digest"] != self.service.profile_digest or not position["profile_uuid"]:
+        if position["profile_hash"] != self.service.profile_hash or not position["profile_uuid"]:
             await self._define_profile(client)
         await self._sync(client, position)
         await self._assign(client)
@@ -414,7 +414,7 @@ class ServerWorker:
     async def _define_profile(self, client: DepClient) -> None:
         profile_uuid = await client.define_profile(self.service.profile_body)
         pending = await self.runtime.store.write(abm_store.record_profile, self.name, profile_uuid,
-                                                 self.service.profile_digest)
+                                                 self.service.profile_hash)
         log.info("abm_profile_defined", server=self.name, profile_uuid=profile_uuid, devices_to_assign=pending)
 
     async def _sync(self, client: DepClient, position: dict) -> None:

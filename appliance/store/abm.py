@@ -39,7 +39,7 @@ class UnknownServer(LookupError):
 
 _SERVER_PUBLIC = """name, certificate, created_at, version, token IS NOT NULL AS has_token, token_expires_at,
     token_imported_at, account, phase, cursor IS NOT NULL AS has_cursor, cursor_at, fetch_started_at,
-    last_full_fetch_at, last_sync_at, last_error, last_error_at, profile_uuid, profile_digest, profile_defined_at"""
+    last_full_fetch_at, last_sync_at, last_error, last_error_at, profile_uuid, profile_hash, profile_defined_at"""
 
 
 def create_server(conn: sqlite3.Connection, name: str, certificate_pem: bytes, key_pem: bytes, *,
@@ -121,7 +121,7 @@ def record_error(conn: sqlite3.Connection, name: str, error: str | None) -> None
 def sync_position(conn: sqlite3.Connection, name: str) -> dict | None:
     row = conn.execute(
         "SELECT phase, cursor, cursor_at, fetch_started_at, last_full_fetch_at, last_sync_at, profile_uuid, "
-        "profile_digest FROM abm_servers WHERE name = ?", (name,)).fetchone()
+        "profile_hash FROM abm_servers WHERE name = ?", (name,)).fetchone()
     return dict(row) if row else None
 
 
@@ -131,11 +131,11 @@ def start_full_fetch(conn: sqlite3.Connection, name: str) -> None:
                  "WHERE name = ?", (FETCH, name))
 
 
-def record_profile(conn: sqlite3.Connection, name: str, profile_uuid: str, digest: str) -> int:
+def record_profile(conn: sqlite3.Connection, name: str, profile_uuid: str, profile_hash: str) -> int:
     """The profile was (re)defined: every device that should have it and has another is pending again.
     Returns how many."""
-    conn.execute("UPDATE abm_servers SET profile_uuid = ?, profile_digest = ?, profile_defined_at = ? "
-                 "WHERE name = ?", (profile_uuid, digest, now_text(), name))
+    conn.execute("UPDATE abm_servers SET profile_uuid = ?, profile_hash = ?, profile_defined_at = ? "
+                 "WHERE name = ?", (profile_uuid, profile_hash, now_text(), name))
     return conn.execute(
         "UPDATE abm_devices SET assign_state = ?, assign_attempts = 0, assign_next_at = NULL, assign_reason = "
         "'the profile was defined again' WHERE server = ? AND assign_state IN (?, ?, ?) "

@@ -30,7 +30,7 @@ MIGRATIONS = [
         last_error          TEXT,
         last_error_at       TEXT,
         profile_uuid        TEXT,                -- the ADE profile defined with Apple for this server
-        profile_digest      TEXT,                -- of the profile body it was defined from
+        profile_hash        TEXT,                -- of the profile body it was defined from
         profile_defined_at  TEXT
     );
 

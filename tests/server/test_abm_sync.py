@@ -235,7 +235,7 @@ async def test_sessions_and_cursors_that_expire_are_renewed_and_a_full_fetch_cat
     sim.advance(timedelta(days=3, minutes=1))
     clock.advance(timedelta(days=3, minutes=1))
     await sim.wait_for(lambda: len(sim.calls("/server/devices")) > fetched)
-    state = await wait_for_state(server, "main", lambda s: s["devices"].get("removed") == 1)
+    await wait_for_state(server, "main", lambda s: s["devices"].get("removed") == 1)
     removed = (await abm_devices(server, serial=hidden))[0]
     assert "not listed by a full fetch" in removed["assign_reason"]
     assert sim.calls("/server/devices")[fetched].cursor is None

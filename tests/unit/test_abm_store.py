@@ -18,7 +18,7 @@ def conn(tmp_path):
     conn = connect_sync(tmp_path / "abm.db")
     for name in ("a", "b"):
         abm.create_server(conn, name, b"-----BEGIN CERTIFICATE-----", b"key")
-        abm.record_profile(conn, name, f"PROFILE-{name.upper()}", "digest")
+        abm.record_profile(conn, name, f"PROFILE-{name.upper()}", "hash")
     yield conn
     conn.close()
 
@@ -75,7 +75,7 @@ def test_who_should_get_the_profile(conn):
     abm.set_wanted(conn, ["NEW"], abm.PENDING, "asked for")
     assert abm.due_assignments(conn, "a", "9999", 100) == ["NEW"]
     # Defined again (the config changed): devices with the old profile are assigned the new one.
-    assert abm.record_profile(conn, "a", "PROFILE-A2", "digest2") == 1
+    assert abm.record_profile(conn, "a", "PROFILE-A2", "hash2") == 1
     assert states(conn)["MINE"] == "pending"
 
 

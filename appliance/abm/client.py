@@ -1,8 +1,8 @@
 """A client for one ABM server's DEP API: OAuth session, JSON calls, errors with their code and Retry-After.
 
 Session (Apple, "Authenticating with the Automated Device Enrollment program"): GET /session signed with
-OAuth 1.0a answers an auth_session_token; every other call carries it in X-ADM-Auth-Session. A 401, or a
-403 whose body says FORBIDDEN, means the session is over: authenticate again and retry the call once. An
+OAuth 1.0a answers an auth_session_token; every other call carries it in X-ADM-Auth-Session. A 401 or a 403
+(FORBIDDEN, Apple's word for a session it no longer knows) means: authenticate again, retry the call once. An
 answer may carry a new session token in X-ADM-Auth-Session: it replaces ours. 429 and 503 (and 5xx, and
 a network failure) raise DepUnavailable with the answer's Retry-After; the caller waits it out. Every call
 has a deadline (the whole exchange, connecting included).
@@ -157,9 +157,9 @@ class DepClient:
 
 
 def _session_over(response: httpx.Response) -> bool:
-    if response.status_code == 401:
-        return True
-    return response.status_code == 403 and dep.error_code(response.content) == dep.FORBIDDEN
+    """401, or 403 (Apple's FORBIDDEN for a session it no longer knows): authenticate once more. A 403 that
+    is about the token itself then fails at /session, with its reason."""
+    return response.status_code in (401, 403)
 
 
 def _error(response: httpx.Response, path: str) -> DepError:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import random
+import ssl
 from datetime import datetime, timedelta
 
 import httpx
@@ -262,9 +263,7 @@ class AbmService:
             await self.runtime.clock.sleep(self.expiry_check_seconds)
 
 
-def _verify(ca_file):
-    import ssl
-
+def _verify(ca_file) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
 
 
@@ -283,6 +282,7 @@ class ServerWorker:
         self.last_error: str | None = None
         self.failures = 0
         self.rounds = 0
+        self.note: str | None = None  # what a round that went on anyway has to say (an echoed cursor)
         self._wake = trio.Event()
         self._cancel = trio.CancelScope()
 
@@ -301,10 +301,11 @@ class ServerWorker:
     async def _round_or_pause(self) -> float:
         """Run a round; return how long to wait before the next one."""
         self._wake = trio.Event()
+        self.note = None
         try:
             waited = await self.round()
             self.failures = 0
-            await self._record_error(None)
+            await self._record_error(self.note)  # None after a clean round: the last error is over
             return waited
         except StoreClosed:
             raise
@@ -451,13 +452,13 @@ class ServerWorker:
                     continue
                 raise
             echoed = page.more_to_follow and cursor is not None and page.cursor == cursor
-            outcome = await self._store_page(phase, list(page.devices), page.cursor, page.more_to_follow, started,
-                                             echoed=echoed)
+            outcome = await self._store_page(phase, list(page.devices), page.cursor, page.more_to_follow, started)
             self._count(phase, page, outcome)
             if echoed:
                 # Apple sometimes answers the cursor it was sent with more_to_follow true: asking again would
                 # loop for ever. Stop here; the next round asks again from the same cursor.
                 self.runtime.metrics.abm_echoed_cursors.labels(self.name).inc()
+                self.note = f"{phase} answered the cursor it was sent with more_to_follow true; the next round goes on"
                 log.warning("abm_cursor_echoed", server=self.name, phase=phase, devices=len(page.devices),
                             action="round stopped; the next round goes on from this cursor")
                 return
@@ -483,16 +484,13 @@ class ServerWorker:
             return "periodic full fetch"
         return None
 
-    async def _store_page(self, phase: str, devices: list[dep.DepDevice], cursor: str, more: bool, started: str,
-                          echoed: bool = False) -> abm_store.PageOutcome:
+    async def _store_page(self, phase: str, devices: list[dep.DepDevice], cursor: str, more: bool,
+                          started: str) -> abm_store.PageOutcome:
         webhook = self.runtime.config.webhook.url is not None
         name = self.name
 
         def store(conn) -> abm_store.PageOutcome:
             outcome = abm_store.apply_page(conn, name, phase, dep.latest_per_serial(devices), cursor, more, started)
-            if echoed:
-                abm_store.record_error(conn, name, f"{phase} answered the cursor it was sent with more_to_follow "
-                                                   "true; the next round goes on")
             if webhook:
                 for kind, fields in outcome.events:
                     topic, body = abm_event(kind, fields)

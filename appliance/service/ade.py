@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import trio
 
 from appliance.identity.errors import IdentityError
-from appliance.identity.machine_info import APPLE_DEVICE_CA_BUNDLE, MachineInfoAnchors
+from appliance.identity.machine_info import APPLE_DEVICE_CA_BUNDLE, MachineInfoAnchors, UntrustedMachineInfo
 from appliance.logs import get_logger
 from appliance.protocol import answers, commands
 from appliance.protocol.errors import MessageError
@@ -89,7 +89,8 @@ async def enroll(runtime, body: bytes) -> AdeAnswer:
         try:
             content = await trio.to_thread.run_sync(ade.anchors.verify, body)
         except IdentityError as exc:
-            outcome = "malformed" if exc.status == 400 else "untrusted" if "chain" in exc.reason else "bad_signature"
+            outcome = ("malformed" if exc.status == 400 else "untrusted" if isinstance(exc, UntrustedMachineInfo)
+                       else "bad_signature")
             log.warning("ade_machine_info_refused", reason=exc.reason)
             return _refused(exc.status, exc.reason, outcome)
     elif ade.config.require_signed_machine_info:

@@ -215,6 +215,9 @@ async def test_sessions_and_cursors_that_expire_are_renewed_and_a_full_fetch_cat
     assert len(sim.calls("/session")) == 2 and sim.calls("/devices/sync")[-1].status == 200
     await sync_now()
     assert len(sim.calls("/session")) == 2  # the rotated token carried the next call
+    sim.sessions.clear()  # Apple forgot the session (403 FORBIDDEN, as depsim after a restart)
+    await sync_now()
+    assert len(sim.calls("/session")) == 3 and [r.status for r in sim.calls("/devices/sync")][-2:] == [403, 200]
 
     # A cursor Apple does not know any more: a full fetch.
     main.cursors.clear()

@@ -404,7 +404,8 @@ class DepSim:
             return self._session(headers)
         server, why = self._authenticated(headers)
         if server is None:
-            return 401, why, []
+            # An expired session is 401; one never handed out, 403 FORBIDDEN (as depsim answers after a restart).
+            return (403 if why == "FORBIDDEN" else 401), why, []
         extra = []
         if self.rotate_sessions:
             renewed = secrets.token_hex(24)
@@ -430,7 +431,7 @@ class DepSim:
         session = headers.get("x-adm-auth-session")
         found = self.sessions.get(session or "")
         if found is None:
-            return None, "UNAUTHORIZED"
+            return None, "FORBIDDEN"
         server, opened = found
         if (self.now() - opened).total_seconds() > self.session_ttl:
             del self.sessions[session]

@@ -232,7 +232,9 @@ def report_step(core):
 
 def _begin_setup(conn: sqlite3.Connection, enrollment, options) -> bool:
     setup = abm_store.setup_of(conn, enrollment.device_id)
-    if setup is None or setup["setup_state"] != AWAITING:
+    # A device says it awaits configuration: it gets its setup even when the profile was served while
+    # [ade] said otherwise (the profile in ABM changes only at the next round); never twice.
+    if setup is None or setup["setup_state"] not in (None, AWAITING):
         return False
     ade: AdeService = options.ade
     serial = setup["serial_number"]

@@ -558,10 +558,10 @@ def ade_enrollment(conn: sqlite3.Connection, serial: str) -> dict | None:
 
 
 def setup_of(conn: sqlite3.Connection, udid: str) -> sqlite3.Row | None:
-    """The ADE setup of a device (by its UDID), when its profile asked it to await configuration."""
+    """The ADE record of a device (by its UDID): its setup_state, the setup commands and DeviceConfigured."""
     return conn.execute(
         "SELECT serial_number, setup_state, setup_commands, device_configured_uuid FROM ade_enrollments "
-        "WHERE udid = ? AND setup_state IS NOT NULL ORDER BY profile_served_at DESC LIMIT 1", (udid,)).fetchone()
+        "WHERE udid = ? ORDER BY profile_served_at DESC LIMIT 1", (udid,)).fetchone()
 
 
 def set_setup(conn: sqlite3.Connection, serial: str, state: str, *, commands: list[str] | None = None,

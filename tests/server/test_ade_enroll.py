@@ -40,6 +40,19 @@ async def ade_appliance(nursery, tmp_path, sim: DepSim, *, ade: dict, webhook: d
     return server
 
 
+async def scep_identity(http, profile: bytes, common_name: str):
+    """What the device's SCEP client does with the profile's payload: GetCACert, then PKCSReq with its
+    challenge. Returns (identity certificate, key, the MDM payload)."""
+    payloads = by_type(plistlib.loads(profile))
+    scep, mdm = payloads["com.apple.security.scep"]["PayloadContent"], payloads["com.apple.mdm"]
+    ca = x509.load_der_x509_certificate((await http.get("/scep", params={"operation": "GetCACert"})).content)
+    requester = scep_client.Requester(common_name=common_name, challenge=scep["Challenge"])
+    request = scep_client.pkcs_req(requester, ca)
+    issued = await http.post("/scep?operation=PKIOperation", content=request.der)
+    (identity,) = scep_client.read_cert_rep(issued.content, ca, request).certificates
+    return identity, requester.key, mdm
+
+
 def _command_plist(tmp_path) -> str:
     path = tmp_path / "account.plist"
     path.write_bytes(plistlib.dumps({"CommandUUID": "from-the-file", "Command": {
@@ -73,26 +86,20 @@ async def test_an_ade_device_enrolls_end_to_end_and_waits_in_setup_assistant_unt
                                      headers=SIGNED)
             assert answer.status_code == 200, answer.text
             assert answer.headers["content-type"] == "application/x-apple-aspen-config"
-            payloads = by_type(plistlib.loads(answer.content))
-            scep, mdm = payloads["com.apple.security.scep"]["PayloadContent"], payloads["com.apple.mdm"]
+            scep = by_type(plistlib.loads(answer.content))["com.apple.security.scep"]["PayloadContent"]
             assert scep["Challenge"] != "test-challenge"  # a one-time challenge, not the static one
-
             # Its identity through SCEP with that challenge.
-            ca = x509.load_der_x509_certificate((await http.get("/scep", params={"operation": "GetCACert"})).content)
-            requester = scep_client.Requester(common_name=f"ADE {udid}", challenge=scep["Challenge"])
-            request = scep_client.pkcs_req(requester, ca)
-            issued = await http.post("/scep?operation=PKIOperation", content=request.der)
-            (identity,) = scep_client.read_cert_rep(issued.content, ca, request).certificates
+            identity, key, mdm = await scep_identity(http, answer.content, f"ADE {udid}")
 
         connect_path, checkin_path = urlsplit(mdm["ServerURL"]).path, urlsplit(mdm["CheckInURL"]).path
         # The identity was issued for this serial number: it cannot Authenticate as another device.
-        async with DeviceSim(server.base_url, server.ssl_context(), identity, requester.key, "OTHER-UDID",
+        async with DeviceSim(server.base_url, server.ssl_context(), identity, key, "OTHER-UDID",
                              serial_number="C02SOMEONE", topic=mdm["Topic"], checkin_path=checkin_path,
                              connect_path=connect_path) as impostor:
             refused = await impostor.authenticate()
             assert refused.status == 403 and "serial number" in refused.text
 
-        async with DeviceSim(server.base_url, server.ssl_context(), identity, requester.key, udid,
+        async with DeviceSim(server.base_url, server.ssl_context(), identity, key, udid,
                              serial_number=SERIAL, topic=mdm["Topic"], checkin_path=checkin_path,
                              connect_path=connect_path) as device:
             assert (await device.authenticate()).status == 200
@@ -177,4 +184,16 @@ async def test_unsigned_machine_info_and_unknown_devices_only_when_the_operator_
         # The default anchors are Apple's device CAs (shipped): a test chain's signature is not Apple's.
         untrusted = await http.post("/mdm/ade", content=chain.sign(machine_info("U-2", SERIAL)), headers=SIGNED)
         assert untrusted.status_code == 403 and "does not chain" in untrusted.text
+        identity, key, mdm = await scep_identity(http, unsigned.content, "ADE U-1")
+    # A device that says it awaits configuration is released, even though [ade] did not ask it to wait
+    # (the profile in ABM had said so before the config changed): DeviceConfigured, no setup commands here.
+    async with DeviceSim(server.base_url, server.ssl_context(), identity, key, "U-1", serial_number="C02ELSEWHERE",
+                         topic=mdm["Topic"]) as device:
+        await device.authenticate()
+        assert (await device.token_update(AwaitingConfiguration=True)).status == 200
+        reply = await device.idle()
+        assert reply.command["Command"]["RequestType"] == "DeviceConfigured"
+        assert (await device.acknowledge(reply.command_uuid)).command is None
+    async with server.api_client() as api:
+        assert (await api.get("/v1/devices/U-1")).json()["abm"] is None  # not an ABM device of ours
     server.stop()

@@ -31,6 +31,7 @@ from appliance.push.scheduler import run_push
 from appliance.runtime import Runtime
 from appliance.service.ddm import run_ddm
 from appliance.service.enrollment import warn_on_changed_urls
+from appliance.service.expiry import run_expiry
 from appliance.service.renewal import run_renewal
 from appliance.startup import check_tls_files, data_dir_failure, database_failure, explained, listener_failure
 from appliance.store.db import run_store
@@ -85,6 +86,7 @@ async def serve(config: Config, *, notifier: Notifier | None = None, handle_sign
             await workers.start(run_renewal, runtime)
             # The TLS certificate the listeners serve, renewed (or reloaded) while they run.
             server_tls = await workers.start(run_own_certificates, runtime)
+            await workers.start(run_expiry, runtime)
             workers.start_soon(_relay_store_faults, runtime)
             interval = watchdog_interval()
             if interval is not None:

@@ -294,7 +294,9 @@ def _report_outcomes(answer, as_json: bool, status: int) -> None:
         _table(rows, [("id", "ENROLLMENT"), ("push_result", "PUSH"), ("push_error", "PUSH ERROR"),
                       ("command_error", "ERROR")])
         if "command_uuid" in answer:
-            click.echo(f"command {answer['command_uuid']} ({answer['request_type']})", err=True)
+            expires = answer.get("expires_at")
+            click.echo(f"command {answer['command_uuid']} ({answer['request_type']})"
+                       + (f", expires {_cell(expires)} where still pending" if expires else ""), err=True)
     entries = answer["status"].values()
     not_queued = sum(1 for entry in entries if "command_error" in entry)
     not_pushed = sum(1 for entry in entries if "push_error" in entry)
@@ -345,7 +347,9 @@ def _confirm_destructive(request_type: str, ids: list[str], yes: bool) -> None:
 @click.option("--yes", "-y", is_flag=True, help="Send a destructive command to several enrollments or a group "
                                                 "without asking (for scripts).")
 @click.option("--nopush", is_flag=True, help="Queue only; the devices get it at their next check-in.")
-def enqueue(config_path, as_json, ids, plist_file, request_type, keys, raw, yes, nopush) -> None:
+@click.option("--ttl", metavar="DURATION", help="Expire it where still pending after this long (\"12h\", \"7d\"; "
+                                                "0: never) [default: the server's [queue] command_ttl].")
+def enqueue(config_path, as_json, ids, plist_file, request_type, keys, raw, yes, nopush, ttl) -> None:
     """Queue a command for one or many enrollments (ID "-" reads ids from stdin) and push them.
 
     The command is checked against the catalog (`mdm-appliance catalog TYPE` lists its keys) unless --raw.
@@ -360,13 +364,14 @@ def enqueue(config_path, as_json, ids, plist_file, request_type, keys, raw, yes,
     mdm-appliance enqueue - --type RestartDevice --yes < ids.txt
     mdm-appliance enqueue UDID --plist restart.plist
     mdm-appliance enqueue UDID --raw --type SomeNewCommand -k Flag true
+    mdm-appliance enqueue UDID --type ScheduleOSUpdateScan --ttl 2d
     """
     if (plist_file is None) == (request_type is None):
         raise CliError("give either --plist FILE or --type RequestType")
     if plist_file is not None and keys:
         raise CliError("--key builds a command with --type; a --plist file is sent as it is")
     enrollment_ids = _ids(ids)
-    query = {"nopush": "1" if nopush else None, "strict": None if raw else "1"}
+    query = {"nopush": "1" if nopush else None, "strict": None if raw else "1", "ttl": ttl}
     try:
         if plist_file is not None:
             command = parse_command(plist_file.read())
@@ -481,6 +486,40 @@ def clear_queue(config_path, as_json, enrollment_id) -> None:
         _print_json(answer)
     else:
         click.echo(f"{answer['cleared']} command(s) taken off {enrollment_id}'s queue")
+
+
+STUCK_COLUMNS = [("device_id", "DEVICE"), ("enrollment_id", "ENROLLMENT"), ("request_type", "COMMAND"),
+                 ("not_now_count", "NOTNOW"), ("not_now_at", "LAST NOTNOW"), ("queued_at", "QUEUED"),
+                 ("expires_at", "EXPIRES"), ("command_uuid", "UUID")]
+
+
+@main.command("stuck")
+@config_option
+@json_option
+@click.option("--threshold", type=click.IntRange(0, 1_000_000), default=None,
+              help="More NotNows than this [default: the server's [queue] not_now_threshold].")
+def stuck(config_path, as_json, threshold) -> None:
+    """Devices with a pending command they keep answering NotNow to (all pages).
+
+    \b
+    mdm-appliance stuck
+    mdm-appliance stuck --threshold 3 --json | jq -r '.devices[].device_id'
+    """
+    client = _client(config_path)
+    devices: list[dict] = []
+    cursor, used = None, threshold
+    while True:
+        _, page = client.call("GET", _path("queue", "stuck", threshold=threshold, limit=1000, cursor=cursor))
+        devices += page["devices"]
+        cursor, used = page["next_cursor"], page["threshold"]
+        if cursor is None:
+            break
+    if as_json:
+        _print_json({"threshold": used, "devices": devices})
+        return
+    rows = [{"device_id": device["device_id"], **entry} for device in devices for entry in device["commands"]]
+    _table(rows, STUCK_COLUMNS)
+    click.echo(f"{len(devices)} device(s) with a command NotNow'd more than {used} times", err=True)
 
 
 # --- backup ----------------------------------------------------------------------------------------

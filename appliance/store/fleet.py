@@ -103,12 +103,12 @@ def enrollment_commands(conn: sqlite3.Connection, some_id: str, *, after: tuple[
             SELECT q.enrollment_id, q.command_uuid, c.request_type,
                    {_QUEUE_STATUS} AS status,
                    q.cancelled_at IS NULL AS pending, q.created_at AS queued_at, q.sent_at, q.not_now_count, q.not_now_at,
-                   NULL AS received_at, NULL AS error_chain
+                   q.expires_at, NULL AS received_at, NULL AS error_chain
             FROM queue q JOIN commands c ON c.uuid = q.command_uuid
             WHERE q.enrollment_id IN {channels}
             UNION ALL
             SELECT r.enrollment_id, r.command_uuid, c.request_type, r.status, 0 AS pending,
-                   coalesce(r.queued_at, r.received_at) AS queued_at, NULL, NULL, NULL,
+                   coalesce(r.queued_at, r.received_at) AS queued_at, NULL, NULL, NULL, NULL,
                    r.received_at, r.error_chain
             FROM results r LEFT JOIN commands c ON c.uuid = r.command_uuid
             WHERE r.enrollment_id IN {channels}
@@ -146,11 +146,11 @@ def command_enrollments(conn: sqlite3.Connection, command_uuid: str, *, enrollme
     sql = f"""
         SELECT * FROM (
             SELECT q.enrollment_id, {_QUEUE_STATUS} AS status,
-                   q.created_at AS queued_at, q.sent_at, q.not_now_count, NULL AS received_at,
+                   q.created_at AS queued_at, q.sent_at, q.not_now_count, q.expires_at, NULL AS received_at,
                    NULL AS error_chain, NULL AS raw
             FROM queue q WHERE q.command_uuid = :uuid
             UNION ALL
-            SELECT r.enrollment_id, r.status, r.queued_at, NULL, NULL, r.received_at, r.error_chain, r.raw
+            SELECT r.enrollment_id, r.status, r.queued_at, NULL, NULL, NULL, r.received_at, r.error_chain, r.raw
             FROM results r WHERE r.command_uuid = :uuid
               AND NOT EXISTS (SELECT 1 FROM queue q2 WHERE q2.command_uuid = r.command_uuid
                                                       AND q2.enrollment_id = r.enrollment_id)

@@ -18,6 +18,7 @@ COMPONENTS = [
     "appliance.store.push_schema",
     "appliance.store.ddm_schema",
     "appliance.store.renewal_schema",
+    "appliance.store.retention_schema",
 ]
 
 

@@ -13,6 +13,7 @@ import json
 
 from quart import Blueprint, Response, jsonify, request
 
+from appliance.config import parse_duration
 from appliance.protocol import catalog, plist
 from appliance.protocol import commands as command_rules
 from appliance.protocol.errors import MessageError
@@ -27,6 +28,7 @@ blueprint = Blueprint("api", __name__)
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
+MAX_TTL = 3650 * 86400.0
 
 
 # --- enqueue ---------------------------------------------------------------------------------------
@@ -68,6 +70,7 @@ async def enqueue_json():
 
 
 async def _enqueue(command: command_rules.Command, enrollment_ids: list[str], no_push: bool):
+    ttl = _ttl()
     if _flag("strict"):
         # Opt-in: any raw command stays accepted without it (NanoMDM compatibility).
         try:
@@ -75,7 +78,7 @@ async def _enqueue(command: command_rules.Command, enrollment_ids: list[str], no
         except catalog.CatalogError as exc:
             raise ApiError(400, "bad_command", str(exc)) from None
     try:
-        code, answer = await commands.enqueue(runtime(), command, enrollment_ids, no_push=no_push)
+        code, answer = await commands.enqueue(runtime(), command, enrollment_ids, no_push=no_push, ttl=ttl)
     except commands.DuplicateCommand as exc:
         raise ApiError(409, "command_exists", str(exc)) from None
     return jsonify(answer), code
@@ -209,8 +212,27 @@ async def cancel_command(command_uuid: str):
     return jsonify({"command_uuid": command_uuid, "cancelled": cancelled})
 
 
+@blueprint.get("/v1/queue/stuck")
+@require_api_key
+async def stuck_devices():
+    """Devices with a pending command NotNow'd more than ?threshold= times ([queue] not_now_threshold)."""
+    rt = runtime()
+    limit, after = _limit(), _cursor(str)
+    value = _arg("threshold")
+    if value is None:
+        threshold = rt.config.queue.not_now_threshold
+    elif value.isdigit() and 0 <= int(value) <= 1_000_000:
+        threshold = int(value)
+    else:
+        raise ApiError(400, "bad_parameter", "?threshold= must be a whole number from 0 to 1000000")
+    rows = await rt.store.read(lambda conn: queue.stuck(conn, threshold, after=after, limit=limit + 1))
+    page, more = rows[:limit], len(rows) > limit
+    return jsonify({"threshold": threshold, "devices": page,
+                    "next_cursor": _encode_cursor(page[-1]["device_id"]) if more else None})
+
+
 def _raw_result(command_uuid: str, rows, only: str | None) -> Response:
-    finished = [row for row in rows if row["raw"] is not None]
+    finished = [row for row in rows if row["raw"]]  # Expired has no answer of the device (empty raw)
     if not finished:
         raise ApiError(404, "result_not_found",
                        f"no result for command {command_uuid!r}" + (f" from {only!r}" if only else "") + " yet")
@@ -229,9 +251,10 @@ def _enrollment_status(row) -> dict:
         "queued_at": row["queued_at"],
         "sent_at": row["sent_at"],
         "not_now_count": row["not_now_count"],
+        "expires_at": row["expires_at"],
         "received_at": row["received_at"],
         "error_chain": _chain(row["error_chain"]),
-        "result": _plist_json(row["raw"]) if row["raw"] is not None else None,
+        "result": _plist_json(row["raw"]) if row["raw"] else None,  # none while pending, or Expired
     }
     return entry
 
@@ -277,6 +300,22 @@ def _bool_arg(name: str) -> bool | None:
     if lowered in ("0", "false", "no"):
         return False
     raise ApiError(400, "bad_parameter", f"?{name}= must be true or false")
+
+
+def _ttl() -> float | None:
+    """?ttl=: how long the command may wait for a final status before it expires ("3600", "12h", "7d";
+    0: never). None when absent: [queue] command_ttl applies."""
+    value = _arg("ttl")
+    if value is None:
+        return None
+    try:
+        seconds = parse_duration(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= MAX_TTL:
+        raise ApiError(400, "bad_parameter", "?ttl= must be a duration from 0 (never expires) to 3650d, in seconds "
+                       "or like \"12h\", \"7d\"")
+    return seconds
 
 
 def _format() -> bool:

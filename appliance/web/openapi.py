@@ -58,6 +58,13 @@ _STRICT = {"name": "strict", "in": "query", "required": False, "schema": {"type"
                           "key names, types, allowed values, required keys) and answer 400 naming the key "
                           "that does not fit. Without it any command is queued, as NanoMDM does."}
 
+# The pattern is a subset that always fits the 3650-day bound; the server also takes decimals.
+_TTL = {"name": "ttl", "in": "query", "required": False,
+        "schema": {"type": "string", "pattern": r"^[0-9]{1,8}s?$|^[0-9]{1,6}m$|^[0-9]{1,4}h$|^[0-9]{1,3}d$"},
+        "description": "How long the command may wait for a final status on each enrollment before it is taken "
+                       "off that queue as Expired: seconds or a duration like \"12h\", \"7d\" (at most 3650d); "
+                       "0: it never expires. Default: [queue] command_ttl (30 days)."}
+
 _ENQUEUE_ANSWER = {
     "200": _json(_ref("EnqueueAnswer"), "Every id queued (and pushed, or its push scheduled)."),
     "207": _json(_ref("EnqueueAnswer"), "Some ids failed (see their command_error / push_error)."),
@@ -103,6 +110,8 @@ SCHEMAS: dict = {
             "push_error": {"type": "string"},
             "command_uuid": {"type": "string"},
             "request_type": {"type": "string"},
+            "expires_at": _nullable("string", description="When the command expires where still pending (null: "
+                                    "never)."),
         },
     },
     "CommandRequest": {
@@ -234,10 +243,11 @@ SCHEMAS: dict = {
             "enrollment_id": {"type": "string"}, "command_uuid": {"type": "string"},
             "request_type": _nullable("string"),
             "status": {"type": "string", "description": "pending, sent, NotNow, cancelled (still queued) or "
-                       "Acknowledged, Error, CommandFormatError (final)."},
+                       "Acknowledged, Error, CommandFormatError, Expired (final)."},
             "pending": {"type": "boolean"}, "queued_at": {"type": "string"},
             "sent_at": _nullable("string"), "not_now_count": _nullable("integer"),
-            "not_now_at": _nullable("string"), "received_at": _nullable("string"),
+            "not_now_at": _nullable("string"), "expires_at": _nullable("string"),
+            "received_at": _nullable("string"),
             "error_chain": {"nullable": True},
         },
     },
@@ -251,10 +261,12 @@ SCHEMAS: dict = {
         "properties": {
             "enrollment_id": {"type": "string"}, "status": {"type": "string"},
             "queued_at": _nullable("string"), "sent_at": _nullable("string"),
-            "not_now_count": _nullable("integer"), "received_at": _nullable("string"),
+            "not_now_count": _nullable("integer"), "expires_at": _nullable("string"),
+            "received_at": _nullable("string"),
             "error_chain": {"nullable": True},
             "result": {"type": "object", "nullable": True,
-                       "description": "The device's report as JSON (data as {\"$data\": base64})."},
+                       "description": "The device's report as JSON (data as {\"$data\": base64}); null while "
+                                      "pending and for Expired."},
         },
     },
     "CommandDetail": {
@@ -266,6 +278,27 @@ SCHEMAS: dict = {
             "counts": {"type": "object", "additionalProperties": {"type": "integer"},
                        "description": "pending plus one count per final status."},
             "enrollments": {"type": "array", "items": _ref("CommandEnrollment")},
+            "next_cursor": _nullable("string"),
+        },
+    },
+    "StuckCommand": {
+        "type": "object", "required": ["enrollment_id", "command_uuid", "not_now_count"],
+        "properties": {
+            "enrollment_id": {"type": "string"}, "command_uuid": {"type": "string"},
+            "request_type": {"type": "string"}, "not_now_count": {"type": "integer"},
+            "not_now_at": _nullable("string"), "queued_at": {"type": "string"}, "expires_at": _nullable("string"),
+        },
+    },
+    "StuckPage": {
+        "type": "object", "required": ["threshold", "devices", "next_cursor"],
+        "properties": {
+            "threshold": {"type": "integer"},
+            "devices": {"type": "array", "items": {
+                "type": "object", "required": ["device_id", "commands"],
+                "properties": {"device_id": {"type": "string"},
+                               "commands": {"type": "array", "items": _ref("StuckCommand"),
+                                            "description": "Its commands NotNow'd more than threshold "
+                                                           "times, most NotNow'd first."}}}},
             "next_cursor": _nullable("string"),
         },
     },
@@ -305,7 +338,7 @@ PATHS: dict = {
              "description": "Comma-separated enrollment ids; empty entries are skipped."},
             {"name": "nopush", "in": "query", "required": False, "schema": {"type": "string"},
              "description": "Any value but empty/0/false: queue without pushing."},
-            _STRICT,
+            _STRICT, _TTL,
         ],
         "requestBody": {"required": True, "description": "A command plist: CommandUUID (at most 256 printable "
                         "characters, as in reports) and Command with RequestType. An XML plist in UTF-8 is "
@@ -317,7 +350,7 @@ PATHS: dict = {
     }},
     "/v1/commands": {"post": {
         "summary": "Enqueue a command given as JSON; the CommandUUID is generated.",
-        "parameters": [_STRICT],
+        "parameters": [_STRICT, _TTL],
         "requestBody": {"required": True, "content": {"application/json": {
             "schema": _ref("CommandRequest"),
             "example": {"enrollment_ids": ["99385AF6-44CB-5621-A678-A321F4D9A2C8"],
@@ -350,6 +383,15 @@ PATHS: dict = {
                           "503": _STD_ERRORS["503"]},
         },
     },
+    "/v1/queue/stuck": {"get": {
+        "summary": "Devices with a pending command NotNow'd more than a threshold of times (a stuck device).",
+        "description": "A device answers NotNow when it cannot run a command now (locked, busy) and gets it "
+                       "again at its next check-in; a count that keeps growing means it never will.",
+        "parameters": [{"name": "threshold", "in": "query", "required": False,
+                        "schema": {"type": "integer", "minimum": 0, "maximum": 1000000},
+                        "description": "Default: [queue] not_now_threshold (10)."}, _LIMIT, _CURSOR],
+        "responses": {"200": _json(_ref("StuckPage"), "A page of devices, by device id."), **_STD_ERRORS},
+    }},
     "/v1/catalog": {"get": {
         "summary": "The command catalog: each command's keys (type, required, allowed values, nested keys), "
                    "platforms, and whether it is destructive.",

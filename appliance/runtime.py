@@ -38,6 +38,7 @@ class Runtime:
     webhooks: Any = None
     ddm: Any = None
     renewals: Any = None
+    retention: Any = None  # appliance.service.retention.Retention: database figures for /metrics
     trust: Any = None
     health_checks: list[HealthCheck] = field(default_factory=list)
     # Short phrases for systemd's STATUS= line, e.g. "push cert com.apple.mgmt.X expires in 200 days".

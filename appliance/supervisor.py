@@ -33,6 +33,7 @@ from appliance.service.ddm import run_ddm
 from appliance.service.enrollment import warn_on_changed_urls
 from appliance.service.expiry import run_expiry
 from appliance.service.renewal import run_renewal
+from appliance.service.retention import run_retention
 from appliance.startup import check_tls_files, data_dir_failure, database_failure, explained, listener_failure
 from appliance.store.db import run_store
 from appliance.store.faults import StoreUnavailable
@@ -87,6 +88,8 @@ async def serve(config: Config, *, notifier: Notifier | None = None, handle_sign
             # The TLS certificate the listeners serve, renewed (or reloaded) while they run.
             server_tls = await workers.start(run_own_certificates, runtime)
             await workers.start(run_expiry, runtime)
+            runtime.retention = await workers.start(run_retention, runtime)
+            runtime.metrics.database.source = runtime.retention
             workers.start_soon(_relay_store_faults, runtime)
             interval = watchdog_interval()
             if interval is not None:

@@ -294,9 +294,7 @@ def _report_outcomes(answer, as_json: bool, status: int) -> None:
         _table(rows, [("id", "ENROLLMENT"), ("push_result", "PUSH"), ("push_error", "PUSH ERROR"),
                       ("command_error", "ERROR")])
         if "command_uuid" in answer:
-            expires = answer.get("expires_at")
-            click.echo(f"command {answer['command_uuid']} ({answer['request_type']})"
-                       + (f", expires {_cell(expires)} where still pending" if expires else ""), err=True)
+            click.echo(f"command {answer['command_uuid']} ({answer['request_type']})", err=True)
     entries = answer["status"].values()
     not_queued = sum(1 for entry in entries if "command_error" in entry)
     not_pushed = sum(1 for entry in entries if "push_error" in entry)

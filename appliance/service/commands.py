@@ -13,13 +13,11 @@ one (PROTOCOL.md section 9).
 from __future__ import annotations
 
 import json
-from datetime import timedelta
 from typing import Any
 
 from appliance.logs import get_logger
 from appliance.protocol.commands import Command
 from appliance.store import fleet, queue
-from appliance.store.timefmt import now, to_text
 
 log = get_logger("commands")
 
@@ -56,8 +54,8 @@ def check_ids(ids: list[Any]) -> list[str]:
     return list(dict.fromkeys(ids))
 
 
-def _enqueue_and_check(conn, command: Command, ids: list[str], with_push: bool, expires_at: str | None):
-    outcome = queue.enqueue(conn, command.uuid, command.request_type, command.body, ids, expires_at=expires_at)
+def _enqueue_and_check(conn, command: Command, ids: list[str], with_push: bool, ttl: float | None):
+    outcome = queue.enqueue(conn, command.uuid, command.request_type, command.body, ids, ttl=ttl)
     queued = [eid for eid, error in outcome.items() if error is None]
     reasons = fleet.pushability(conn, queued) if with_push else {}
     return outcome, reasons
@@ -69,9 +67,9 @@ async def enqueue(runtime, command: Command, ids: list[str], *, no_push: bool, t
     ttl: seconds until it expires where still pending (0: never; None: [queue] command_ttl)."""
     push = None if no_push else runtime.push
     seconds = runtime.config.queue.command_ttl if ttl is None else ttl
-    expires_at = to_text(now() + timedelta(seconds=seconds)) if seconds else None
     try:
-        outcome, reasons = await runtime.store.write(_enqueue_and_check, command, ids, push is not None, expires_at)
+        outcome, reasons = await runtime.store.write(_enqueue_and_check, command, ids, push is not None,
+                                                     seconds or None)
     except queue.CommandExists:
         raise DuplicateCommand(
             f"CommandUUID {command.uuid} was already used; every command needs a new UUID"
@@ -103,7 +101,6 @@ async def enqueue(runtime, command: Command, ids: list[str], *, no_push: bool, t
         "no_push": no_push,
         "command_uuid": command.uuid,
         "request_type": command.request_type,
-        "expires_at": expires_at,
     }
     if not no_push and runtime.push is None:
         answer["push_error"] = "the push service is not running; devices get the command at their next check-in"

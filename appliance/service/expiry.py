@@ -42,10 +42,12 @@ def _expire_batch(conn: sqlite3.Connection, moment: str, webhook: bool) -> int:
 
 
 async def expire_due(runtime) -> int:
-    """Expire every queue row whose time has come, a batch per write job; returns how many."""
+    """Expire every queue row whose time has come, a batch per write job; returns how many. Writes only
+    while some are due (an empty write transaction would tell the store its commits work again, hiding a
+    storage fault)."""
     webhook = runtime.config.webhook.url is not None
     total = 0
-    while True:
+    while _due(await runtime.store.read(queue.next_expiry)):
         count = await runtime.store.write(_expire_batch, now_text(), webhook)
         total += count
         if count and webhook and runtime.webhooks is not None:
@@ -55,6 +57,10 @@ async def expire_due(runtime) -> int:
     if total:
         log.info("commands_expired", count=total)
     return total
+
+
+def _due(expires_at: str | None) -> bool:
+    return expires_at is not None and expires_at <= now_text()
 
 
 async def run_expiry(runtime, *, task_status=trio.TASK_STATUS_IGNORED) -> None:

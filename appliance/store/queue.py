@@ -18,8 +18,10 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterable, Sequence
+from datetime import timedelta
 from typing import Any
 
+from appliance.store import timefmt
 from appliance.store.timefmt import now_text
 
 FINAL_STATUSES = frozenset({"Acknowledged", "Error", "CommandFormatError"})
@@ -37,9 +39,9 @@ class CommandExists(Exception):
 
 
 def enqueue(conn: sqlite3.Connection, command_uuid: str, request_type: str, body: bytes,
-            enrollment_ids: Sequence[str], *, expires_at: str | None = None) -> dict[str, str | None]:
+            enrollment_ids: Sequence[str], *, ttl: float | None = None) -> dict[str, str | None]:
     """Store the command once and queue it to every known enrollment; per id None (queued) or an error.
-    expires_at: when the queue rows expire (None: never).
+    ttl: seconds from now until the queue rows expire (None: never).
 
     When no id is known nothing is stored, so the UUID can be used again with the right ids."""
     if conn.execute("SELECT 1 FROM commands WHERE uuid = ?", (command_uuid,)).fetchone():
@@ -49,7 +51,9 @@ def enqueue(conn: sqlite3.Connection, command_uuid: str, request_type: str, body
     outcome = {eid: (None if eid in known else UNKNOWN_ENROLLMENT) for eid in ids}
     if not known:
         return outcome
-    queued_at = now_text()
+    moment = timefmt.now()
+    queued_at = timefmt.to_text(moment)
+    expires_at = None if ttl is None else timefmt.to_text(moment + timedelta(seconds=ttl))
     conn.execute(
         "INSERT INTO commands (uuid, request_type, body, created_at) VALUES (?, ?, ?, ?)",
         (command_uuid, request_type, bytes(body), queued_at),

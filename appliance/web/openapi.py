@@ -110,8 +110,6 @@ SCHEMAS: dict = {
             "push_error": {"type": "string"},
             "command_uuid": {"type": "string"},
             "request_type": {"type": "string"},
-            "expires_at": _nullable("string", description="When the command expires where still pending (null: "
-                                    "never)."),
         },
     },
     "CommandRequest": {

@@ -73,6 +73,7 @@ class Retention:
             pruned["command_bodies"] += await self._commands(to_text(moment - timedelta(seconds=self.config.results)))
         released = await self._release()
         metrics = self.runtime.metrics
+        pruned = +pruned  # the kinds that had something to prune
         for kind, count in pruned.items():
             metrics.retention_pruned.labels(kind).inc(count)
         seconds = time.monotonic() - started

@@ -15,6 +15,7 @@ from appliance.config import Config
 from appliance.identity.ca import ApplianceCA
 from appliance.identity.guesses import GuessLimit
 from appliance.metrics import Metrics
+from appliance.service.accounts import SignInLimits
 from appliance.store.db import Store
 
 # A health contributor: returns (name, details, severity) where severity is "ok", "warning" or "error".
@@ -32,6 +33,7 @@ class Runtime:
     server_cert_from_ca: bool
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    console_key: str = ""  # signs the web console's session cookies (data_dir/console.key)
     started_at: float = field(default_factory=time.time)
     # Filled by parts as they start (see supervisor.serve).
     push: Any = None
@@ -50,6 +52,8 @@ class Runtime:
     scep_guesses: GuessLimit = field(init=False)
     enrollment_secret_guesses: GuessLimit = field(init=False)
     api_key_guesses: GuessLimit = field(init=False)
+    # Wrong console passwords per client address and per account (appliance.service.accounts).
+    sign_ins: SignInLimits = field(init=False)
 
     def refresh_status(self) -> None:
         """A part's health changed: rewrite systemd's STATUS= line now."""
@@ -65,3 +69,4 @@ class Runtime:
         self.enrollment_secret_guesses = GuessLimit(enrollment.secret_guess_limit, enrollment.secret_guess_window,
                                                     seconds)
         self.api_key_guesses = GuessLimit(api.key_guess_limit, api.key_guess_window, seconds)
+        self.sign_ins = SignInLimits(seconds)

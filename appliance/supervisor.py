@@ -121,6 +121,7 @@ def _runtime(config: Config, prepared: Prepared, store, clock: clocks.Clock) -> 
         ca=prepared.ca,
         metrics=metrics,
         api_key=prepared.api_key,
+        console_key=prepared.console_key,
         server_cert_from_ca=prepared.server_cert_from_ca,
         tls_cert=prepared.tls_cert,
         tls_key=prepared.tls_key,

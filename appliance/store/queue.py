@@ -220,6 +220,11 @@ def clear_device(conn: sqlite3.Connection, device_id: str) -> int:
     ).rowcount
 
 
+def cancel_pending(conn: sqlite3.Connection, enrollment_id: str, command_uuid: str) -> int:
+    """Take one command off one enrollment's queue; returns 1, or 0 when it was not pending there."""
+    return _take_off(conn, "enrollment_id = ? AND command_uuid = ?", (enrollment_id, command_uuid))
+
+
 def cancel_command(conn: sqlite3.Connection, command_uuid: str) -> int:
     """Take one command off every queue it is pending on; returns how many rows."""
     return _take_off(conn, "command_uuid = ?", (command_uuid,))

@@ -19,6 +19,7 @@ COMPONENTS = [
     "appliance.store.ddm_schema",
     "appliance.store.renewal_schema",
     "appliance.store.retention_schema",
+    "appliance.store.console_schema",
 ]
 
 

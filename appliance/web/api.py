@@ -161,6 +161,24 @@ async def clear_queue(enrollment_id: str):
     return jsonify({"enrollment_id": enrollment_id, "cleared": cleared})
 
 
+@blueprint.delete("/v1/devices/<enrollment_id>/queue/<command_uuid>")
+@require_api_key
+async def cancel_pending(enrollment_id: str, command_uuid: str):
+    """One command off one enrollment's queue (DELETE /v1/commands/UUID cancels it everywhere)."""
+    def cancel(conn):
+        if not fleet.enrollment_exists(conn, enrollment_id):
+            return None
+        return queue.cancel_pending(conn, enrollment_id, command_uuid)
+
+    cancelled = await runtime().store.write(cancel)
+    if cancelled is None:
+        raise ApiError(404, "enrollment_not_found", f"no enrollment with id {enrollment_id!r}")
+    if not cancelled:
+        raise ApiError(404, "command_not_pending",
+                       f"command {command_uuid!r} is not pending on {enrollment_id!r} (answered, cancelled or never queued)")
+    return jsonify({"enrollment_id": enrollment_id, "command_uuid": command_uuid, "cancelled": cancelled})
+
+
 # --- commands --------------------------------------------------------------------------------------
 
 @blueprint.get("/v1/commands/<command_uuid>")

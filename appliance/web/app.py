@@ -29,6 +29,8 @@ BLUEPRINTS = [
     ("appliance.web.ddm_api", "api"),
     ("appliance.web.openapi", "api"),
     ("appliance.web.metrics", "common"),
+    ("appliance.web.audit_api", "api"),
+    ("appliance.web.console", "api"),
 ]
 
 ALL_ROLES = frozenset({"device", "api", "common"})

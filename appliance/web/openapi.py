@@ -304,6 +304,26 @@ SCHEMAS: dict = {
         "enrollment_id": {"type": "string"}, "cleared": {"type": "integer"}}},
     "Cancelled": {"type": "object", "required": ["command_uuid", "cancelled"], "properties": {
         "command_uuid": {"type": "string"}, "cancelled": {"type": "integer"}}},
+    "CancelledPending": {"type": "object", "required": ["enrollment_id", "command_uuid", "cancelled"], "properties": {
+        "enrollment_id": {"type": "string"}, "command_uuid": {"type": "string"}, "cancelled": {"type": "integer"}}},
+    "AuditEntry": {
+        "type": "object", "required": ["id", "at", "actor", "action"],
+        "properties": {
+            "id": {"type": "integer"}, "at": {"type": "string"},
+            "actor": {"type": "string", "description": "\"user NAME\" (console), \"api key\" or \"cli (OS user)\"."},
+            "action": {"type": "string", "description": "e.g. command.send, command.cancel, queue.clear, push, "
+                       "pushcert.import, pushcert.csr, challenge.mint, enrollment.profile, user.add, user.remove, "
+                       "user.passwd, sign_in, sign_out."},
+            "target": _nullable("string", description="To whom: enrollment ids, a command UUID, a user name, a topic."),
+            "details": {"type": "object", "nullable": True},
+            "remote": _nullable("string", description="The client address."),
+        },
+    },
+    "AuditPage": {
+        "type": "object", "required": ["entries", "next_before"],
+        "properties": {"entries": {"type": "array", "items": _ref("AuditEntry")},
+                       "next_before": _nullable("integer", description="Pass as ?before= for older entries.")},
+    },
     "PushAnswer": {"type": "object", "required": ["status"], "properties": {
         "status": {"type": "object", "additionalProperties": _ref("EnrollmentOutcome")}}},
     "PushCert": {"type": "object", "required": ["topic", "not_after"], "properties": {
@@ -425,6 +445,29 @@ PATHS: dict = {
         "responses": {"200": _json(_ref("Cleared"), "How many were taken off."),
                       "404": _error("No such enrollment."), **_AUTH_ERRORS,
                       "503": _STD_ERRORS["503"]},
+    }},
+    "/v1/devices/{device_id}/queue/{command_uuid}": {"delete": {
+        "summary": "Take one command off one enrollment's queue (DELETE /v1/commands/UUID cancels it everywhere).",
+        "parameters": [_ENROLLMENT_ID, _UUID],
+        "responses": {"200": _json(_ref("CancelledPending"), "Taken off (a command the device already holds is "
+                                                             "marked cancelled; its late answer is still kept)."),
+                      "404": _error("No such enrollment (enrollment_not_found), or the command is not pending "
+                                    "on it (command_not_pending)."),
+                      "401": _STD_ERRORS["401"]},
+    }},
+    "/v1/audit": {"get": {
+        "summary": "The audit log, newest first: every state change through the console, this API or the CLI.",
+        "parameters": [
+            {"name": "limit", "in": "query", "required": False,
+             "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
+            {"name": "before", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 0},
+             "description": "next_before of the previous page."},
+            {"name": "actor", "in": "query", "required": False, "schema": {"type": "string"}},
+            {"name": "action", "in": "query", "required": False, "schema": {"type": "string"}},
+            {"name": "target", "in": "query", "required": False, "schema": {"type": "string"},
+             "description": "Entries whose target contains this text (an enrollment id among many)."},
+        ],
+        "responses": {"200": _json(_ref("AuditPage"), "A page of entries."), **_STD_ERRORS},
     }},
     "/v1/push/{ids}": {
         method: {

@@ -4,6 +4,8 @@ the admin API, which audits its own changes)."""
 
 from __future__ import annotations
 
+import plistlib
+
 from cryptography.x509.oid import NameOID
 
 from appliance.store import audit
@@ -93,7 +95,7 @@ async def test_a_form_without_its_csrf_token_is_refused_and_changes_nothing(serv
         await console.login("oscar", PASSWORDS["operator"])
         before = await entries(server)
         for token in (None, "0" * 64):
-            data = {"ids": udid(0), "request_type": "RestartDevice", "keys": ""}
+            data = {"ids": udid(0), "type": "ProfileList"}
             if token:
                 data["csrf_token"] = token
             answer = await console.client.post("/console/commands", data=data)
@@ -134,7 +136,7 @@ async def test_a_viewer_reads_but_cannot_send_cancel_or_administer(server):
         assert device_page.status_code == 200 and "Cancel" not in device_page.text
         assert (await console.get("/console/commands/new")).status_code == 403
         token = csrf_of(device_page.text)
-        for action, data in (("/console/commands", {"ids": ids[1], "request_type": "RestartDevice"}),
+        for action, data in (("/console/commands", {"ids": ids[1], "type": "ProfileList"}),
                              (f"/console/devices/{ids[0]}/cancel", {"enrollment_id": ids[0], "command_uuid": uuid_}),
                              ("/console/enrollment/challenge", {}),
                              ("/console/users", {"action": "add", "name": "eve", "role": "admin",
@@ -154,7 +156,7 @@ async def test_an_operator_sends_a_command_to_a_selection_and_it_is_audited(serv
         await console.login("oscar", PASSWORDS["operator"])
         answer = await console.post_form(
             f"/console/commands/new?ids={ids[0]}&ids={ids[2]}", "/console/commands",
-            {"ids": [ids[0], ids[2]], "request_type": "DeviceInformation", "keys": '{"Queries": ["OSVersion"]}'})
+            {"ids": [ids[0], ids[2]], "type": "DeviceInformation", "key.Queries": ["OSVersion", "SerialNumber"]})
         assert answer.status_code == 303
         command_uuid = answer.headers["location"].rsplit("/", 1)[1]
         page = await console.get(answer.headers["location"])
@@ -173,9 +175,9 @@ async def test_sending_to_every_device_a_search_matches(server):
     async with Console(server) as console:
         await console.login("oscar", PASSWORDS["operator"])
         form = await console.get("/console/commands/new?all=1&q=SER00001")
-        assert "To 2 devices" in form.text  # SER000010, SER000011
+        assert "2 devices</strong> (every device matching" in form.text  # SER000010, SER000011
         answer = await console.post_form("/console/commands/new?all=1&q=SER00001", "/console/commands",
-                                         {"all": "1", "q": "SER00001", "request_type": "ProfileList"})
+                                         {"all": "1", "q": "SER00001", "type": "ProfileList"})
         assert answer.status_code == 303
     assert sorted(eid for eid, _ in await pending_rows(server)) == [ids[10], ids[11]]
 
@@ -185,11 +187,37 @@ async def test_a_bad_command_is_refused_with_the_reason_and_nothing_is_queued(se
     ids = await server.runtime.store.write(lambda conn: seed_devices(conn, 1))
     async with Console(server) as console:
         await console.login("oscar", PASSWORDS["operator"])
-        for data in ({"ids": ids[0], "request_type": "Bad Type!"}, {"ids": ids[0], "request_type": "X", "keys": "[1"},
-                     {"request_type": "DeviceInformation"}):
+        for data, reason in (
+            ({"ids": ids[0], "type": "DeviceInfo"}, "did you mean DeviceInformation"),
+            ({"ids": ids[0], "type": "DeviceInformation"}, "Queries"),  # required key missing
+            ({"ids": ids[0], "type": "DeviceInformation", "key.Queries": ["NoSuchQuery"]}, "NoSuchQuery"),
+            ({"ids": ids[0], "type": "raw", "request_type": "X", "keys": "[1"}, "JSON object"),
+            ({"type": "ProfileList"}, "Choose at least one device"),
+            ({"ids": ids[0], "type": "EraseDevice"}, "type the number of devices (1)"),
+            ({"ids": ids[0], "type": "EraseDevice", "confirm": "2"}, "type the number of devices (1)"),
+        ):
             answer = await console.post_form("/console/commands/new", "/console/commands", data)
-            assert answer.status_code == 400 and 'class="error"' in answer.text
+            assert answer.status_code == 400 and reason in answer.text, (data, answer.text[-3000:])
     assert await pending_rows(server) == []
+
+
+async def test_form_values_are_typed_by_the_catalog_and_destructive_commands_need_the_count(server):
+    await add_users(server, operator="oscar")
+    ids = await server.runtime.store.write(lambda conn: seed_devices(conn, 2))
+    async with Console(server) as console:
+        await console.login("oscar", PASSWORDS["operator"])
+        form = await console.get(f"/console/commands/new?ids={ids[0]}&ids={ids[1]}&type=DeviceLock")
+        assert 'name="key.PIN"' in form.text and "is destructive" in form.text
+        answer = await console.post_form(
+            f"/console/commands/new?ids={ids[0]}&type=DeviceLock", "/console/commands",
+            {"ids": ids, "type": "DeviceLock", "key.PIN": "012345", "key.Message": "Found? Call 555",
+             "confirm": "2"})
+        assert answer.status_code == 303, answer.text[-2000:]
+    command_uuid = answer.headers["location"].rsplit("/", 1)[1]
+    body = await server.runtime.store.read(lambda conn: bytes(conn.execute(
+        "SELECT body FROM commands WHERE uuid = ?", (command_uuid,)).fetchone()[0]))
+    command = plistlib.loads(body)["Command"]
+    assert command == {"RequestType": "DeviceLock", "PIN": "012345", "Message": "Found? Call 555"}
 
 
 async def test_cancel_one_pending_command_from_the_device_page(server):

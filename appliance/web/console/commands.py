@@ -8,12 +8,13 @@ from urllib.parse import urlencode
 
 from quart import jsonify, redirect, render_template, request
 
+from appliance.protocol import catalog
 from appliance.service import commands
 from appliance.store import audit, fleet
 from appliance.store import queue as queue_store
 from appliance.store.device_search import matching_ids
 from appliance.web.app import runtime
-from appliance.web.console import results
+from appliance.web.console import forms, results
 from appliance.web.console.base import PREFIX, Refused, audit_now, blueprint, can, page_error, render, requires, who
 from appliance.web.console.pages import device_query
 
@@ -36,12 +37,29 @@ async def targets(args) -> tuple[list[str], str]:
     return [], "nothing"
 
 
+RAW = "raw"  # the form's choice for a command the catalog does not know: RequestType + JSON keys
+
+
+def _spec(request_type: str | None):
+    return catalog.find(request_type) if request_type and request_type != RAW else None
+
+
+async def _send_form(status: int, ids: list[str], chosen: str, search: dict, request_type: str | None,
+                     form, errors: list[str]):
+    spec = _spec(request_type)
+    return await render("send.html", status=status, ids=ids, chosen=chosen, search=search, form=form,
+                        errors=errors, request_type=request_type, spec=spec,
+                        fields=forms.fields(spec) if spec else [], catalog=catalog.commands(),
+                        categories=catalog.CATEGORIES, raw=RAW,
+                        destructive=catalog.is_destructive(request_type or ""))
+
+
 @blueprint.get(PREFIX + "/commands/new")
 @requires("operator")
 async def new_command():
     ids, chosen = await targets(request.args)
-    return await render("send.html", ids=ids, chosen=chosen, form={}, errors=[],
-                        search=_search_args(request.args))
+    return await _send_form(200, ids, chosen, _search_args(request.args), request.args.get("type"),
+                            request.args, [])
 
 
 def _search_args(args) -> dict:
@@ -51,8 +69,9 @@ def _search_args(args) -> dict:
 @blueprint.post(PREFIX + "/commands")
 @requires("operator")
 async def send_command():
-    form = await request.form
+    form, files = await request.form, await request.files
     ids, chosen = await targets(form)
+    request_type = (form.get("type") or "").strip()
     errors = []
     if not ids:
         errors.append("Choose at least one device.")
@@ -60,12 +79,13 @@ async def send_command():
         errors.append(f"At most {MAX_TARGETS} devices per command.")
     command = None
     try:
-        command = commands.build_command(_command_from_form(form))
-    except (commands.BadCommand, ValueError) as exc:
+        command = commands.build_command(_command_from_form(request_type, form, files))
+    except (commands.BadCommand, catalog.CatalogError, ValueError) as exc:
         errors.append(str(exc))
+    if command is not None and catalog.is_destructive(command.request_type) and form.get("confirm", "").strip() != str(len(ids)):
+        errors.append(f"{command.request_type} is destructive: type the number of devices ({len(ids)}) to confirm.")
     if errors:
-        return await render("send.html", status=400, ids=ids, chosen=chosen, form=form, errors=errors,
-                            search=_search_args(form))
+        return await _send_form(400, ids, chosen, _search_args(form), request_type, form, errors)
     code, answer = await commands.enqueue(runtime(), command, ids, no_push=False)
     queued = [eid for eid, entry in answer["status"].items() if "command_error" not in entry]
     await audit_now("command.send", queued, {"command_uuid": command.uuid, "request_type": command.request_type,
@@ -73,8 +93,13 @@ async def send_command():
     return redirect(f"{PREFIX}/commands/{command.uuid}", 303)
 
 
-def _command_from_form(form) -> dict:
-    request_type = (form.get("request_type") or "").strip()
+def _command_from_form(request_type: str, form, files) -> dict:
+    """The Command dictionary: typed by the catalog, or (raw) RequestType and keys as JSON."""
+    if request_type != RAW:
+        if not request_type:
+            raise ValueError("Choose a command.")
+        spec = catalog.get(request_type)
+        return catalog.build(spec.request_type, forms.pairs(spec, form, files))
     keys_text = (form.get("keys") or "").strip()
     keys = {}
     if keys_text:
@@ -84,7 +109,7 @@ def _command_from_form(form) -> dict:
             raise ValueError("The command's keys must be a JSON object, e.g. {\"Queries\": [\"OSVersion\"]}") from None
         if not isinstance(keys, dict):
             raise ValueError("The command's keys must be a JSON object")
-    return {"RequestType": request_type, **keys}
+    return {**keys, "RequestType": (form.get("request_type") or "").strip()}
 
 
 async def _command_state(command_uuid: str):
@@ -100,7 +125,7 @@ async def _command_state(command_uuid: str):
         return None
     found, rows, counts = got
     for row in rows:
-        row["view"] = results.view(found["request_type"], row["status"], row["raw"], row["error_chain"])
+        row["view"] = results.view(found["request_type"], row["raw"])
     return found, rows, counts
 
 
@@ -112,7 +137,7 @@ async def command_page(command_uuid: str):
         return await page_error(404, f"No command {command_uuid}.")
     found, rows, counts = state
     return await render("command.html", command=found, rows=rows, counts=counts,
-                        body=results.view(None, None, found["body"]))
+                        sent=results.sent(found["body"]))
 
 
 @blueprint.get(PREFIX + "/commands/<command_uuid>/status.json")

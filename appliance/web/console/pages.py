@@ -149,7 +149,7 @@ async def device_page(device_id: str):
         return await page_error(404, f"No device with id {device_id}.")
     found, pending, history = got
     for row in history:
-        row["view"] = results.view(row.get("request_type"), row.get("status"), row.get("raw"), row["error_chain"])
+        row["view"] = results.view(row.get("request_type"), row.get("raw"))
     return await render("device.html", device=found, pending=pending, history=history,
                         identity_days=_days_left((found["identity_certificate"] or {}).get("not_after")))
 

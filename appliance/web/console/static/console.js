@@ -1,6 +1,7 @@
 // mdm-appliance console: progressive enhancement only; every page works without this file.
 // 1. Elements with data-poll="URL" are refreshed from URL's JSON {pending, html} until nothing is pending.
 // 2. A checkbox with data-select-all="NAME" ticks every checkbox named NAME.
+// 3. A select with data-autosubmit submits its form when changed (the form has a button for no-JS use).
 (function () {
   "use strict";
   var POLL_MS = 1500, POLL_FOR_MS = 10 * 60 * 1000;
@@ -30,6 +31,9 @@
     });
   }
 
+  document.querySelectorAll("select[data-autosubmit]").forEach(function (select) {
+    select.addEventListener("change", function () { if (select.value) { select.form.submit(); } });
+  });
   document.querySelectorAll("[data-poll]").forEach(poll);
   document.querySelectorAll("[data-select-all]").forEach(selectAll);
   document.querySelectorAll(".js-only").forEach(function (element) { element.hidden = false; });

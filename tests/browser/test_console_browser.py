@@ -92,7 +92,7 @@ async def test_send_device_information_and_see_the_answer_arrive(nursery, tmp_pa
     await add_users(server, operator="oscar")
     device = mdm.device("BROWSER-DEVICE-1")
     await device.enroll()
-    answered = trio.Event()
+    answered, page_shown = trio.Event(), trio.Event()
 
     async def the_device() -> None:
         # The device comes by (as a push would make it) until the console's command is there, then answers.
@@ -103,7 +103,8 @@ async def test_send_device_information_and_see_the_answer_arrive(nursery, tmp_pa
                     break
                 await trio.sleep(0.2)
         assert reply.command["Command"]["Queries"] == ["OSVersion", "SerialNumber"]
-        await trio.sleep(1)  # let the page show "sent" first, so the answer must arrive by itself
+        with trio.fail_after(WAIT_MS / 1000):
+            await page_shown.wait()  # the command's page is up without the answer: it must arrive by itself
         final = await device.acknowledge(reply.command_uuid, QueryResponses={
             "OSVersion": "14.4.1", "SerialNumber": "C02BROWSER01"})
         assert final.status == 200
@@ -122,6 +123,8 @@ async def test_send_device_information_and_see_the_answer_arrive(nursery, tmp_pa
         page.get_by_role("heading", name="DeviceInformation").wait_for()
         navigations = []
         page.on("framenavigated", lambda frame: navigations.append(frame.url))
+        assert "C02BROWSER01" not in page.locator("#command-rows").inner_text()
+        trio.from_thread.run_sync(page_shown.set)
         page.locator("#command-rows").get_by_text("C02BROWSER01").wait_for()
         screenshot(page, "command")
         return navigations, page.locator("#command-rows").inner_text()

@@ -9,6 +9,8 @@ from urllib.parse import urlencode
 from quart import jsonify, redirect, render_template, request
 
 from appliance.protocol import catalog
+from appliance.protocol import commands as command_rules
+from appliance.protocol.errors import MessageError
 from appliance.service import commands
 from appliance.store import audit, fleet
 from appliance.store import queue as queue_store
@@ -79,8 +81,8 @@ async def send_command():
         errors.append(f"At most {MAX_TARGETS} devices per command.")
     command = None
     try:
-        command = commands.build_command(_command_from_form(request_type, form, files))
-    except (commands.BadCommand, catalog.CatalogError, ValueError) as exc:
+        command = command_rules.build_command(_command_from_form(request_type, form, files))
+    except (MessageError, ValueError) as exc:
         errors.append(str(exc))
     if command is not None and catalog.is_destructive(command.request_type) and form.get("confirm", "").strip() != str(len(ids)):
         errors.append(f"{command.request_type} is destructive: type the number of devices ({len(ids)}) to confirm.")

@@ -309,3 +309,23 @@ async def test_console_lives_only_on_the_api_listener_when_one_is_set(nursery, t
             assert (await api_side.login("alice", PASSWORDS["admin"])).status_code == 303
     finally:
         server.stop()
+
+
+async def test_a_session_idle_for_thirty_minutes_is_signed_out(nursery, tmp_path):
+    from appliance.clock import OffsetClock
+
+    clock = OffsetClock()
+    server = await start_server(nursery, make_config(tmp_path), clock)
+    try:
+        await add_users(server, viewer="victor")
+        async with Console(server) as console:
+            await console.login("victor", PASSWORDS["viewer"])
+            clock.advance(29 * 60)
+            assert (await console.get("/console/")).status_code == 200  # used: the idle time starts again
+            clock.advance(29 * 60)
+            assert (await console.get("/console/")).status_code == 200
+            clock.advance(31 * 60)
+            answer = await console.get("/console/")
+            assert answer.status_code == 303 and answer.headers["location"].startswith("/console/login")
+    finally:
+        server.stop()

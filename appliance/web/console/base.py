@@ -39,7 +39,8 @@ def codec() -> SessionCodec:
     rt = runtime()
     found = rt.__dict__.get("_console_codec")
     if found is None:
-        found = rt.__dict__["_console_codec"] = SessionCodec(rt.console_key)
+        # Session ages are read on the appliance's clock (appliance.clock), so tests can move it.
+        found = rt.__dict__["_console_codec"] = SessionCodec(rt.console_key, lambda: rt.clock.now().timestamp())
     return found
 
 

@@ -1,5 +1,6 @@
 """The audit log over the admin API (GET /v1/audit), and the wrapper that audits the admin API itself:
-every state-changing /v1 request that succeeded is recorded as actor "api key", right after its change
+every state-changing request under /v1 or /api (KMFDDM's DDM routes) that succeeded is recorded as actor
+"api key", right after its change
 committed (the console records its own actions as "user NAME", in the same transaction as the change)."""
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ log = get_logger("audit")
 DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
 API_ACTOR = "api key"
 
-# (method, route) -> action name; a /v1 route not named here is recorded as "METHOD /route".
+# (method, route) -> action name; an API route not named here is recorded as "METHOD /route".
 ACTIONS = {
     ("PUT", "/v1/enqueue/<ids>"): "command.send",
     ("POST", "/v1/commands"): "command.send",
@@ -52,18 +53,20 @@ async def audit_log():
 @blueprint.after_app_request
 async def _audit_api_change(response: Response) -> Response:
     rule = request.url_rule.rule if request.url_rule is not None else None
-    if rule is None or not rule.startswith("/v1/") or not 200 <= response.status_code < 300:
+    if rule is None or not rule.startswith(("/v1/", "/api/")) or not 200 <= response.status_code < 300:
         return response
     action = ACTIONS.get((request.method, rule))
     if action is None and request.method in _READ_METHODS:
         return response
     answer = await response.get_json(silent=True) if response.is_json else None
     target, details = _what(rule, dict(request.view_args or {}), answer if isinstance(answer, dict) else {})
-    remote = request.remote_addr
+    if action is None and request.args:  # an unnamed route: its query says what changed (DDM's ?set=, ...)
+        details = {**(details or {}), "query": {key: value[:200] for key, value in list(request.args.items())[:10]}}
+    # Everything read from the request here: the write runs on the store's thread, outside the request.
+    remote, name = request.remote_addr, action or f"{request.method} {rule}"
     try:
         await runtime().store.write(lambda conn: audit.record(
-            conn, actor=API_ACTOR, action=action or f"{request.method} {rule}", target=target, details=details,
-            remote=remote))
+            conn, actor=API_ACTOR, action=name, target=target, details=details, remote=remote))
     except Exception as exc:  # the change is committed and answered; a lost audit row is logged, not a 500
         log.error("audit_write_failed", rule=rule, error=repr(exc))
     return response

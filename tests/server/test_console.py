@@ -297,6 +297,16 @@ async def test_admin_api_changes_are_audited_as_the_api_key_and_paged(server):
     assert await pending_rows(server) == [(ids[0], uuid_)]
 
 
+async def test_ddm_api_changes_are_audited_too(server):
+    async with server.api_client() as api:
+        answer = await api.put("/api/v1/ddm/enrollment-sets/SOME-UDID", params={"set": "default"})
+        assert answer.status_code == 204
+        assert (await api.get("/api/v1/ddm/sets")).status_code == 200
+    found = await entries(server, actor="api key")
+    assert [(e["action"], e["target"], e["details"]) for e in found] == [
+        ("PUT /api/v1/ddm/enrollment-sets/<enrollment_id>", "SOME-UDID", {"query": {"set": "default"}})]
+
+
 async def test_console_lives_only_on_the_api_listener_when_one_is_set(nursery, tmp_path):
     from tests.support.harness import free_port
 

@@ -4,6 +4,7 @@ the CSRF check on every POST, security headers, rendering, and the audit record 
 from __future__ import annotations
 
 import functools
+import hmac
 import time
 from pathlib import Path
 from urllib.parse import urlencode
@@ -60,7 +61,8 @@ async def _open_session() -> Response | None:
     g.user = None
     if session is not None and session.user is not None:
         found = await runtime().store.read(account_store.get, session.user)
-        if found is not None and session.fingerprint == password_fingerprint(found["password_hash"]):
+        if found is not None and hmac.compare_digest(session.fingerprint or "",
+                                                     password_fingerprint(found["password_hash"])):
             g.user = {"name": found["name"], "role": found["role"]}
         else:
             session = None  # removed, or the password changed since: signed out

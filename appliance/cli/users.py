@@ -1,4 +1,6 @@
-"""`user add|list|remove|passwd`: web console accounts, worked on data_dir directly (no server needed).
+"""`user add|list|remove|passwd`: web console accounts, worked on the database in data_dir directly, next
+to a running server or without one (the admin API has no user routes: its key never makes console
+accounts). The server reads accounts per request, so a change applies at once.
 
 Every change is written to the audit log as "cli (OS user)", in the same transaction as the change.
 """
@@ -12,8 +14,7 @@ import sys
 import click
 
 from appliance.cli import main
-from appliance.cli.common import CliError, config_option, load_config_or_exit
-from appliance.cli.enroll import _transaction
+from appliance.cli.common import CliError, config_option, database, load_config_or_exit, transaction
 from appliance.service import accounts
 from appliance.store import accounts as account_store
 from appliance.store import audit
@@ -70,7 +71,7 @@ def add(config_path, name, role, password_stdin) -> None:
         raise CliError(str(exc)) from None
     password_hash = _new_password(password_stdin)
     try:
-        with _transaction(config) as (_, conn):
+        with database(config) as conn, transaction(conn):
             account_store.add(conn, name, role, password_hash)
             audit.record(conn, actor=_actor(), action="user.add", target=name, details={"role": role})
     except account_store.UserExists as exc:
@@ -88,7 +89,7 @@ def list_users(config_path, as_json) -> None:
     Example:  mdm-appliance user list
     """
     config = load_config_or_exit(config_path)
-    with _transaction(config) as (_, conn):
+    with database(config) as conn:
         found = account_store.listing(conn)
     if as_json:
         click.echo(json.dumps(found, indent=2))
@@ -108,7 +109,7 @@ def remove(config_path, name) -> None:
     Example:  mdm-appliance user remove alice
     """
     config = load_config_or_exit(config_path)
-    with _transaction(config) as (_, conn):
+    with database(config) as conn, transaction(conn):
         if not account_store.remove(conn, name):
             raise CliError(f"no user {name!r} (see `mdm-appliance user list`)")
         audit.record(conn, actor=_actor(), action="user.remove", target=name)
@@ -127,7 +128,7 @@ def passwd(config_path, name, password_stdin) -> None:
     """
     config = load_config_or_exit(config_path)
     password_hash = _new_password(password_stdin)
-    with _transaction(config) as (_, conn):
+    with database(config) as conn, transaction(conn):
         if not account_store.set_password(conn, name, password_hash):
             raise CliError(f"no user {name!r} (see `mdm-appliance user list`)")
         audit.record(conn, actor=_actor(), action="user.passwd", target=name)

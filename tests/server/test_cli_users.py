@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import trio
+
 from tests.server.test_cli_admin import cli
 from tests.support.console_users import Console
 from tests.support.harness import make_config, start_server
@@ -36,6 +38,10 @@ async def test_user_add_list_passwd_remove_and_sign_in(nursery, tmp_path):
 
 async def test_user_commands_refuse_bad_input_with_one_line(tmp_path):
     config = make_config(tmp_path)
+    code, _, err = await cli(config, "user", "list")
+    assert code != 0 and "no database" in err  # never created here: the server makes it at its first start
+    async with trio.open_nursery() as nursery:
+        (await start_server(nursery, config)).stop()  # the first start creates the database
     for args, stdin, message in (
         (("user", "add", "bob", "--role", "viewer", "--password-stdin"), b"short\n", "at least 10 characters"),
         (("user", "add", "bad name", "--role", "viewer", "--password-stdin"), b"long enough pw\n", "user name"),

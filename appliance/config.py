@@ -250,6 +250,32 @@ class CheckinConfig(Section):
     user_authenticate: Literal["decline", "accept"] = "decline"
 
 
+InventoryCommand = Literal["DeviceInformation", "SecurityInfo", "ProfileList", "CertificateList",
+                           "InstalledApplicationList"]
+
+
+class InventoryConfig(Section):
+    # Every enrolled device is asked again this often (and once when it enrolls), moved by up to ±jitter.
+    interval: Annotated[float, BeforeValidator(_duration), Field(ge=60)] = 86400.0
+    jitter: Annotated[float, BeforeValidator(_duration), Field(ge=0)] = 3600.0
+    # The commands asked; [] turns scheduled inventory off (answers to commands sent by hand still count).
+    commands: list[InventoryCommand] = ["DeviceInformation", "SecurityInfo", "ProfileList", "CertificateList",
+                                        "InstalledApplicationList"]
+
+    @field_validator("commands")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("names a command twice")
+        return value
+
+    @model_validator(mode="after")
+    def _jitter_below_interval(self) -> InventoryConfig:
+        if self.jitter >= self.interval / 2:
+            raise ValueError("jitter must be less than half the interval")
+        return self
+
+
 class EnrollmentConfig(Section):
     scep_challenge: str | None = None
     secret: str | None = None
@@ -347,6 +373,7 @@ class Config(Section):
     checkin: CheckinConfig = CheckinConfig()
     enrollment: EnrollmentConfig = EnrollmentConfig()
     renewal: RenewalConfig = RenewalConfig()
+    inventory: InventoryConfig = InventoryConfig()
     webhook: WebhookConfig = WebhookConfig()
     ddm: DdmConfig = DdmConfig()
     queue: QueueConfig = QueueConfig()

@@ -16,6 +16,7 @@ from appliance.identity.ca import ApplianceCA
 from appliance.identity.guesses import GuessLimit
 from appliance.metrics import Metrics
 from appliance.service.accounts import SignInLimits
+from appliance.service.groups import MembershipWatch
 from appliance.store.db import Store
 
 # A health contributor: returns (name, details, severity) where severity is "ok", "warning" or "error".
@@ -41,7 +42,10 @@ class Runtime:
     ddm: Any = None
     renewals: Any = None
     retention: Any = None  # appliance.service.retention.Retention: database figures for /metrics
+    inventory: Any = None  # appliance.service.inventory.InventoryService
     trust: Any = None
+    # Told after every commit that changed group membership (appliance.service.groups).
+    group_changes: MembershipWatch = field(default_factory=MembershipWatch)
     health_checks: list[HealthCheck] = field(default_factory=list)
     # Short phrases for systemd's STATUS= line, e.g. "push cert com.apple.mgmt.X expires in 200 days".
     status_phrases: list[Callable[[], Awaitable[str | None]]] = field(default_factory=list)

@@ -32,6 +32,7 @@ from appliance.runtime import Runtime
 from appliance.service.ddm import run_ddm
 from appliance.service.enrollment import warn_on_changed_urls
 from appliance.service.expiry import run_expiry
+from appliance.service.inventory import run_inventory
 from appliance.service.renewal import run_renewal
 from appliance.service.retention import run_retention
 from appliance.startup import check_tls_files, data_dir_failure, database_failure, explained, listener_failure
@@ -90,6 +91,7 @@ async def serve(config: Config, *, notifier: Notifier | None = None, handle_sign
             await workers.start(run_expiry, runtime)
             runtime.retention = await workers.start(run_retention, runtime)
             runtime.metrics.database.source = runtime.retention
+            runtime.inventory = await workers.start(run_inventory, runtime)
             workers.start_soon(_relay_store_faults, runtime)
             interval = watchdog_interval()
             if interval is not None:

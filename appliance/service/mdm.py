@@ -34,6 +34,7 @@ from appliance.protocol.messages import (
 )
 from appliance.service import ddm
 from appliance.service.certauth import Presented, binding_step
+from appliance.service.inventory import answer_step, authenticate_step
 from appliance.store import enrollments, outbox, queue
 from appliance.webhook.events import acknowledge_event, checkin_event
 
@@ -47,9 +48,12 @@ async def checkin(runtime, message: CheckIn, certificate: Presented, url_params:
     runtime.metrics.mdm_checkins.labels(message.message_type, str(answer.status)).inc()
     if isinstance(message, DeclarativeManagement):
         runtime.metrics.ddm_requests.labels(message.request.endpoint, str(answer.status)).inc()
-    elif isinstance(message, TokenUpdate) and runtime.ddm is not None:
-        runtime.ddm.wake()  # the enrollment step may have marked this channel
-    _wake_webhooks(runtime, options)
+    elif isinstance(message, TokenUpdate):
+        if runtime.ddm is not None:
+            runtime.ddm.wake()  # the enrollment step may have marked this channel
+        if runtime.inventory is not None:
+            runtime.inventory.wake()  # a device that just enrolled is due for its first inventory
+    _after_commit(runtime, options)
     return answer
 
 
@@ -58,28 +62,32 @@ async def report(runtime, message: Report, certificate: Presented, url_params: d
     options = _Options(runtime, url_params)
     answer, outcome = await runtime.store.write(_REPORT, message, certificate, options)
     runtime.metrics.mdm_reports.labels(message.status, outcome).inc()
-    _wake_webhooks(runtime, options)
+    _after_commit(runtime, options)
     if answer.command_uuid is not None:
         runtime.metrics.mdm_commands_sent.inc()
     return answer
 
 
-def _wake_webhooks(runtime, options: "_Options") -> None:
+def _after_commit(runtime, options: "_Options") -> None:
     # The transaction just committed an outbox row: deliver it now, not at the worker's next poll.
     if options.webhook and runtime.webhooks is not None:
         runtime.webhooks.wake()
+    # Group memberships moved with the device's facts: whoever follows them hears it now.
+    if options.groups_changed:
+        runtime.group_changes.notify()
 
 
 class _Options:
     """What the transaction needs from the config (read on the trio side, not on the db thread)."""
 
-    __slots__ = ("webhook", "accept_user_authenticate", "url_params", "ddm")
+    __slots__ = ("webhook", "accept_user_authenticate", "url_params", "ddm", "groups_changed")
 
     def __init__(self, runtime, url_params: dict | None) -> None:
         self.webhook = runtime.config.webhook.url is not None
         self.accept_user_authenticate = runtime.config.checkin.user_authenticate == "accept"
         self.url_params = url_params or None
         self.ddm = runtime.ddm.options  # set by the DDM part, which starts before the listeners
+        self.groups_changed = False  # set by the inventory steps (appliance.service.inventory)
 
 
 # --- on the db thread, inside one transaction -----------------------------------------------------
@@ -156,9 +164,10 @@ def _report(conn: sqlite3.Connection, message: Report, options: _Options) -> tup
 
 
 # Each core runs inside the certificate binding step: it is only reached with an admitted certificate.
-# A check-in's core also runs inside the DDM enrollment step (a newly enrolled channel is marked).
-_CHECKIN = binding_step(ddm.enrollment_step(_checkin))
-_REPORT = binding_step(_report)
+# A check-in's core also runs inside the DDM enrollment step (a newly enrolled channel is marked), and
+# the inventory steps read device facts from Authenticate and from inventory answers.
+_CHECKIN = binding_step(ddm.enrollment_step(authenticate_step(_checkin)))
+_REPORT = binding_step(answer_step(_report))
 
 
 def _checkin_event(conn, message: CheckIn, options: _Options, tally: int | None) -> None:

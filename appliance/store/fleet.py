@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import sqlite3
 
+from appliance.store import groups, inventory
+
 # A queue row's state: "pending" (not offered yet), "sent" (offered, no answer yet), "NotNow" (the device
 # refused it for now; offered again later), "cancelled" (cancelled after it was sent; goes when the device answers).
 _QUEUE_STATUS = """CASE WHEN q.cancelled_at IS NOT NULL THEN 'cancelled' WHEN q.not_now_count > 0 THEN 'NotNow'
     WHEN q.sent_at IS NOT NULL THEN 'sent' ELSE 'pending' END"""
+
+HISTORY_SHOWN = 50  # newest OS and name changes in a device's record
 
 # SQLite allows 32766 bound parameters; stay well below for IN (...) lists.
 CHUNK = 5000
@@ -72,6 +76,10 @@ def device(conn: sqlite3.Connection, device_id: str) -> dict | None:
         "SELECT sha256, subject, not_after, bound_at FROM cert_bindings WHERE device_id = ?", (device_id,)
     ).fetchone()
     found["identity_certificate"] = dict(binding) if binding else None
+    found["groups"] = groups.groups_of(conn, device_id)
+    # What inventory answers said (None until the first one), and the dated OS and name changes.
+    found["inventory"] = inventory.inventory(conn, device_id)
+    found["history"] = inventory.history(conn, device_id, limit=HISTORY_SHOWN)
     return found
 
 

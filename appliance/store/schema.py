@@ -20,6 +20,8 @@ COMPONENTS = [
     "appliance.store.renewal_schema",
     "appliance.store.retention_schema",
     "appliance.store.console_schema",
+    "appliance.store.inventory_schema",
+    "appliance.store.groups_schema",
 ]
 
 

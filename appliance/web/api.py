@@ -19,7 +19,7 @@ from appliance.protocol import commands as command_rules
 from appliance.protocol.errors import MessageError
 from appliance.protocol.plistjson import JsonPlistError, to_json
 from appliance.service import commands
-from appliance.store import fleet, queue
+from appliance.store import fleet, groups, queue
 from appliance.web.app import runtime
 from appliance.web.auth import require_api_key
 from appliance.web.errors import ApiError
@@ -50,7 +50,7 @@ async def enqueue_raw(ids: str):
 @require_api_key
 async def enqueue_json():
     """{"enrollment_ids": [...], "command": {"RequestType": ..., ...}, "command_uuid"?, "no_push"?}."""
-    document = await _json_object()
+    document = await json_object()
     unknown = set(document) - {"enrollment_ids", "command", "command_uuid", "no_push"}
     if unknown:
         raise ApiError(400, "bad_request", f"unknown field(s): {', '.join(sorted(unknown))}")
@@ -196,12 +196,13 @@ async def get_command(command_uuid: str):
         rows = fleet.command_enrollments(conn, command_uuid, enrollment_id=only, after=after,
                                          limit=2 if as_plist else limit + 1)
         counts = None if as_plist else fleet.command_counts(conn, command_uuid)
-        return found, rows, counts
+        targeted = None if as_plist else groups.command_groups(conn, command_uuid)
+        return found, rows, counts, targeted
 
     got = await runtime().store.read(read)
     if got is None:
         raise ApiError(404, "command_not_found", f"no command with uuid {command_uuid!r}")
-    found, rows, counts = got
+    found, rows, counts, targeted = got
     if as_plist:
         return _raw_result(command_uuid, rows, only)
     page, more = rows[:limit], len(rows) > limit
@@ -211,6 +212,8 @@ async def get_command(command_uuid: str):
         "created_at": found["created_at"],
         "command": _plist_json(found["body"]),
         "counts": counts,
+        # Groups it was enqueued to (group:NAME), with their members at that moment.
+        "groups": targeted,
         "enrollments": [_enrollment_status(row) for row in page],
         "next_cursor": _encode_cursor(page[-1]["enrollment_id"]) if more else None,
     })
@@ -371,7 +374,7 @@ def _cursor(kind: type):
     return value
 
 
-async def _json_object() -> dict:
+async def json_object() -> dict:
     data = await request.get_data()
     try:
         document = json.loads(data)

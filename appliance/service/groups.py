@@ -13,8 +13,6 @@ follows it (declarative management) keeps the id of the last change it handled a
 
 from __future__ import annotations
 
-from functools import partial
-
 import trio
 
 from appliance.store import groups
@@ -38,13 +36,13 @@ class MembershipWatch:
 
 async def _change(runtime, fn, *args, **kwargs):
     """Run a store function that may change membership; once it committed, tell the followers if it did."""
-    result, changed = await runtime.store.write(partial(_counting_changes, fn, *args, now=now_text(), **kwargs))
+    result, changed = await runtime.store.write(_counting_changes, fn, args, {**kwargs, "now": now_text()})
     if changed:
         runtime.group_changes.notify()
     return result
 
 
-def _counting_changes(conn, fn, *args, **kwargs):
+def _counting_changes(conn, fn, args: tuple, kwargs: dict):
     before = groups.last_change_id(conn)
     result = fn(conn, *args, **kwargs)
     return result, groups.last_change_id(conn) != before

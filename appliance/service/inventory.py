@@ -28,8 +28,8 @@ import trio
 
 from appliance.identity.certificate import describe
 from appliance.logs import get_logger
-from appliance.protocol import inventory, plist
-from appliance.protocol.commands import Command, parse_command
+from appliance.protocol import inventory
+from appliance.protocol.commands import Command, build_command
 from appliance.protocol.messages import ACKNOWLEDGED, Authenticate, CheckIn, Report
 from appliance.store import groups, queue
 from appliance.store import inventory as inventory_store
@@ -133,11 +133,8 @@ def _certificate_row(certificate: inventory.Certificate) -> inventory_store.Cert
 
 def inventory_commands(request_types: Sequence[str]) -> list[Command]:
     """One fresh command (new CommandUUID) per request type, checked by the one command validator."""
-    built = []
-    for request_type in request_types:
-        body = plist.dump({"CommandUUID": str(uuid.uuid4()).upper(), "Command": inventory.command(request_type)})
-        built.append(parse_command(body))
-    return built
+    return [build_command(inventory.command(request_type), str(uuid.uuid4()).upper())
+            for request_type in request_types]
 
 
 def queue_due(conn: sqlite3.Connection, commands: Sequence[Command], moment: str, dues: Sequence[str],

@@ -1,5 +1,6 @@
-"""Read queries for operators: devices with their channels, a device's commands, a command's per-enrollment
-status, and the fleet figures behind /metrics. Paging is by keyset cursor (stable while rows are added)."""
+"""Read queries for operators: a device with its channels, a device's commands, a command's per-enrollment
+status, and the fleet figures behind /metrics. Paging is by keyset cursor (stable while rows are added).
+Lists of devices are appliance.store.device_search."""
 
 from __future__ import annotations
 
@@ -17,46 +18,23 @@ HISTORY_SHOWN = 50  # newest OS and name changes in a device's record
 # SQLite allows 32766 bound parameters; stay well below for IN (...) lists.
 CHUNK = 5000
 
-_DEVICE_COLUMNS = """
+# A device's row in listings (appliance.store.device_search) and in its own record.
+DEVICE_COLUMNS = """
     d.id, d.serial_number, d.model, d.model_name, d.product_name, d.os_version, d.build_version,
     d.device_name, d.authenticated_at, d.created_at, d.updated_at,
     d.bootstrap_token IS NOT NULL AS has_bootstrap_token, d.unlock_token IS NOT NULL AS has_unlock_token,
     e.id IS NOT NULL AND e.token_update_count > 0 AS enrolled,
     coalesce(e.active, 0) AS active,
     e.enrolled_at, e.checked_out_at,
-    e.last_seen_at, e.last_push_at, e.last_push_result, e.last_push_error, e.token_invalid_at,
-    (SELECT count(*) FROM queue q JOIN enrollments c ON c.id = q.enrollment_id WHERE c.device_id = d.id
-          AND q.cancelled_at IS NULL)
-        AS pending_commands
+    e.last_seen_at, e.last_push_at, e.last_push_result, e.last_push_error, e.token_invalid_at
 """
-
-
-def list_devices(conn: sqlite3.Connection, *, serial: str | None = None, udid: str | None = None,
-                 active: bool | None = None, after: str | None = None, limit: int = 100) -> list[dict]:
-    """Devices ordered by id; `after` is the last id of the previous page."""
-    where, args = [], []
-    if serial is not None:
-        where.append("d.serial_number = ?")
-        args.append(serial)
-    if udid is not None:
-        where.append("d.id = ?")
-        args.append(udid)
-    if active is not None:
-        where.append("coalesce(e.active, 0) = ?")
-        args.append(1 if active else 0)
-    if after is not None:
-        where.append("d.id > ?")
-        args.append(after)
-    sql = f"SELECT {_DEVICE_COLUMNS} FROM devices d LEFT JOIN enrollments e ON e.id = d.id"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY d.id LIMIT ?"
-    return [_device(row) for row in conn.execute(sql, (*args, limit))]
+_PENDING = """(SELECT count(*) FROM queue q JOIN enrollments c ON c.id = q.enrollment_id WHERE c.device_id = d.id
+    AND q.cancelled_at IS NULL) AS pending_commands"""
 
 
 def device(conn: sqlite3.Connection, device_id: str) -> dict | None:
     row = conn.execute(
-        f"SELECT {_DEVICE_COLUMNS} FROM devices d LEFT JOIN enrollments e ON e.id = d.id WHERE d.id = ?",
+        f"SELECT {DEVICE_COLUMNS}, {_PENDING} FROM devices d LEFT JOIN enrollments e ON e.id = d.id WHERE d.id = ?",
         (device_id,),
     ).fetchone()
     if row is None:

@@ -19,7 +19,7 @@ from appliance.protocol import commands as command_rules
 from appliance.protocol.errors import MessageError
 from appliance.protocol.plistjson import JsonPlistError, to_json
 from appliance.service import commands
-from appliance.store import fleet, groups, queue
+from appliance.store import device_filter, device_search, fleet, groups, queue
 from appliance.web.app import runtime
 from appliance.web.auth import require_api_key
 from appliance.web.errors import ApiError
@@ -29,6 +29,7 @@ blueprint = Blueprint("api", __name__)
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 MAX_TTL = 3650 * 86400.0
+MAX_SEARCH_TEXT = 200
 
 
 # --- enqueue ---------------------------------------------------------------------------------------
@@ -96,18 +97,54 @@ async def get_catalog():
 @blueprint.get("/v1/devices")
 @require_api_key
 async def list_devices():
-    limit = _limit()
-    # Read every argument here: the query runs on the store's thread, outside the request context.
-    filters = {"serial": _arg("serial"), "udid": _arg("udid"), "active": _bool_arg("active"),
-               "after": _cursor(str), "limit": limit + 1}
-    rows = await runtime().store.read(lambda conn: fleet.list_devices(conn, **filters))
-    page, more = rows[:limit], len(rows) > limit
-    identities = await runtime().renewals.describe([row["id"] for row in page])
-    for row in page:
+    """Devices matching ?q= (text), ?filter= (the device filter language), ?group=, ?serial=, ?udid=,
+    ?active=, sorted by ?sort= (?order=asc|desc), a page of ?limit= at a time."""
+    active = _bool_arg("active")
+    sort = _arg("sort") or "id"
+    if sort not in device_search.SORTS:
+        raise ApiError(400, "bad_parameter", f"?sort= must be one of {', '.join(device_search.SORTS)}")
+    order = _arg("order") or "asc"
+    if order not in ("asc", "desc"):
+        raise ApiError(400, "bad_parameter", "?order= must be asc or desc")
+    text = _arg("q")
+    if text is not None and len(text) > MAX_SEARCH_TEXT:
+        raise ApiError(400, "bad_parameter", f"?q= is longer than {MAX_SEARCH_TEXT} characters")
+    query = device_search.DeviceQuery(
+        text=text, state="all" if active is None else "active" if active else "inactive",
+        filter=_device_filter(_arg("filter")), group=_arg("group"), serial=_arg("serial"), udid=_arg("udid"),
+        sort=sort, descending=order == "desc", after=_sort_cursor(sort), limit=_limit())
+    if query.group is not None and await runtime().store.read(groups.get, query.group) is None:
+        raise ApiError(404, "group_not_found", f"no group named {query.group!r}")
+    page = await runtime().store.read(device_search.search, query)
+    identities = await runtime().renewals.describe([row["id"] for row in page.devices])
+    for row in page.devices:
+        del row["sort_key"]
         identity = identities.get(row["id"])
         row["identity_not_after"] = identity["not_after"] if identity else None
         row["identity_renewal"] = identity["renewal"]["state"] if identity else None
-    return jsonify({"devices": page, "next_cursor": _encode_cursor(page[-1]["id"]) if more else None})
+    return jsonify({"devices": page.devices, "total": page.total,
+                    "next_cursor": _encode_cursor(list(page.next_after)) if page.next_after else None})
+
+
+def _device_filter(text: str | None):
+    if text is None:
+        return None
+    try:
+        return device_filter.parse(text)
+    except device_filter.FilterError as exc:
+        raise ApiError(400, "bad_filter", f"?filter= {exc}", position=exc.position) from None
+
+
+def _sort_cursor(sort: str) -> tuple[str, str] | None:
+    """[sort key, id] as handed out; a plain id is what this API handed out before sorting existed."""
+    after = _cursor((list, str))
+    if isinstance(after, str) and sort == "id":
+        return after, after
+    if isinstance(after, list) and len(after) == 2 and all(isinstance(part, str) for part in after):
+        return after[0], after[1]
+    if after is not None:
+        raise ApiError(400, "bad_cursor", "cursor is not one this API handed out for this sort")
+    return None
 
 
 @blueprint.get("/v1/devices/<device_id>")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from quart import Blueprint, jsonify
 
 from appliance import __version__
+from appliance.store.device_search import SORTS
 from appliance.web import openapi_ddm
 
 blueprint = Blueprint("openapi", __name__)
@@ -53,6 +54,9 @@ _DEVICE_ID = {"name": "device_id", "in": "path", "required": True, "schema": {"t
 _ENROLLMENT_ID = {"name": "device_id", "in": "path", "required": True, "schema": {"type": "string"},
                   "description": "A device id, or a user channel's enrollment id (\"UDID:UserID\")."}
 _UUID = {"name": "command_uuid", "in": "path", "required": True, "schema": {"type": "string"}}
+GROUP_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+_GROUP = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"},
+          "description": "The group's name (any case)."}
 _STRICT = {"name": "strict", "in": "query", "required": False, "schema": {"type": "string"},
            "description": "Any value but empty/0/false: check the command against GET /v1/catalog (RequestType, "
                           "key names, types, allowed values, required keys) and answer 400 naming the key "
@@ -85,7 +89,9 @@ SCHEMAS: dict = {
         "type": "object", "required": ["error"],
         "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {
             "code": {"type": "string", "description": "Stable machine code, e.g. command_exists."},
-            "message": {"type": "string"}}}},
+            "message": {"type": "string"},
+            "position": {"type": "integer", "description": "bad_filter: the 1-based character of the filter "
+                         "where the problem is."}}}},
     },
     "EnrollmentOutcome": {
         "type": "object",
@@ -182,6 +188,7 @@ SCHEMAS: dict = {
             "identity_not_after": _nullable("string", description="When the bound identity certificate "
                                             "expires (null: none bound)."),
             "identity_renewal": _nullable("string", description="Its renewal state (see IdentityRenewal)."),
+            "last_inventory_at": _nullable("string", description="In lists: the newest inventory answer."),
         },
     },
     "IdentityRenewal": {
@@ -228,12 +235,93 @@ SCHEMAS: dict = {
                     "not_before": _nullable("string"), "not_after": _nullable("string"),
                     "bound_at": {"type": "string"}, "days_left": _nullable("number"),
                     "renewal": _ref("IdentityRenewal")}},
+                "groups": {"type": "array", "items": {"type": "string"}, "description": "Groups it is in."},
+                "inventory": {"allOf": [_ref("Inventory")], "nullable": True,
+                              "description": "What its inventory answers said; null until the first."},
+                "history": {"type": "array", "items": _ref("FactChange"),
+                            "description": "Dated OS version, build and name changes, newest first (50)."},
             }}],
+    },
+    "Inventory": {
+        "type": "object",
+        "description": "Facts with a column of their own (null when never reported), when each answer came, the "
+                       "whole DeviceInformation and SecurityInfo answers as JSON, and the lists last reported.",
+        "properties": {
+            "model_number": _nullable("string"), "device_capacity": _nullable("number", description="GB"),
+            "available_capacity": _nullable("number", description="GB"),
+            "battery_level": _nullable("number", description="0.0-1.0"),
+            **{flag: _nullable("boolean") for flag in (
+                "supervised", "activation_lock", "passcode_present", "passcode_compliant", "filevault",
+                "enrolled_via_dep", "user_approved_enrollment")},
+            **{at: _nullable("string") for at in (
+                "inventory_at", "device_information_at", "security_info_at", "profiles_at", "certificates_at",
+                "applications_at")},
+            "device_information": {"type": "object", "nullable": True},
+            "security_info": {"type": "object", "nullable": True},
+            "profiles": {"type": "array", "items": {"type": "object", "properties": {
+                "identifier": {"type": "string"}, "uuid": _nullable("string"), "display_name": _nullable("string"),
+                "organization": _nullable("string"), "version": _nullable("integer"),
+                "managed": _nullable("boolean"), "encrypted": _nullable("boolean"),
+                "removal_disallowed": _nullable("boolean"),
+                "payload_types": {"type": "array", "items": {"type": "string"}}}}},
+            "certificates": {"type": "array", "items": {"type": "object", "properties": {
+                "common_name": _nullable("string"), "is_identity": _nullable("boolean"), "sha256": {"type": "string"},
+                "subject": _nullable("string"), "issuer": _nullable("string"), "not_after": _nullable("string")}}},
+            "applications": {"type": "array", "items": {"type": "object", "properties": {
+                "identifier": _nullable("string"), "name": _nullable("string"), "short_version": _nullable("string"),
+                "version": _nullable("string"), "bundle_size": _nullable("integer"),
+                "installing": _nullable("boolean")}}},
+        },
+    },
+    "FactChange": {
+        "type": "object", "required": ["fact", "source", "changed_at"],
+        "properties": {"fact": {"type": "string", "enum": ["os_version", "build_version", "device_name"]},
+                       "old_value": _nullable("string"), "new_value": _nullable("string"),
+                       "source": {"type": "string", "enum": ["Authenticate", "DeviceInformation"]},
+                       "changed_at": {"type": "string"}},
     },
     "DevicePage": {
         "type": "object", "required": ["devices", "next_cursor"],
         "properties": {"devices": {"type": "array", "items": _ref("Device")},
+                       "total": {"type": "integer", "description": "Devices matching, on all pages."},
                        "next_cursor": _nullable("string")},
+    },
+    "Group": {
+        "type": "object", "required": ["name", "kind", "member_count"],
+        "properties": {"name": {"type": "string"}, "kind": {"type": "string", "enum": ["static", "dynamic"]},
+                       "filter": _nullable("string"), "description": _nullable("string"),
+                       "member_count": {"type": "integer"}, "created_at": {"type": "string"},
+                       "updated_at": {"type": "string"}},
+    },
+    "GroupList": {"type": "object", "required": ["groups"],
+                  "properties": {"groups": {"type": "array", "items": _ref("Group")}}},
+    "NewGroup": {
+        "type": "object", "required": ["name"], "additionalProperties": False,
+        "properties": {"name": {"type": "string", "pattern": GROUP_NAME},
+                       "filter": {"type": "string", "description": "Makes it dynamic: the device filter "
+                                  "language over inventory facts (README, \"Searching devices\")."},
+                       "description": {"type": "string", "maxLength": 500}},
+    },
+    "GroupChange": {
+        "type": "object", "additionalProperties": False,
+        "properties": {"filter": {"type": "string", "description": "Dynamic groups only."},
+                       "description": {"type": "string", "maxLength": 500, "description": "\"\" removes it."}},
+    },
+    "GroupMembership": {
+        "type": "object", "required": ["name", "member_count"],
+        "properties": {"name": {"type": "string"}, "added": {"type": "integer"}, "removed": {"type": "integer"},
+                       "member_count": {"type": "integer"}},
+    },
+    "GroupDeleted": {
+        "type": "object", "required": ["name", "deleted", "members_removed"],
+        "properties": {"name": {"type": "string"}, "deleted": {"type": "boolean"},
+                       "members_removed": {"type": "integer"}},
+    },
+    "CommandGroup": {
+        "type": "object", "required": ["name", "kind", "members"],
+        "properties": {"name": {"type": "string"}, "kind": {"type": "string"}, "filter": _nullable("string"),
+                       "members": {"type": "array", "items": {"type": "string"}},
+                       "recorded_at": {"type": "string"}},
     },
     "DeviceCommand": {
         "type": "object", "required": ["enrollment_id", "command_uuid", "status", "pending", "queued_at"],
@@ -275,6 +363,8 @@ SCHEMAS: dict = {
             "created_at": {"type": "string"}, "command": {"type": "object"},
             "counts": {"type": "object", "additionalProperties": {"type": "integer"},
                        "description": "pending plus one count per final status."},
+            "groups": {"type": "array", "items": _ref("CommandGroup"), "nullable": True,
+                       "description": "The groups it was enqueued to (group:NAME), with their members then."},
             "enrollments": {"type": "array", "items": _ref("CommandEnrollment")},
             "next_cursor": _nullable("string"),
         },
@@ -348,12 +438,13 @@ SCHEMAS: dict = {
 PATHS: dict = {
     "/v1/enqueue/{ids}": {"put": {
         "summary": "Enqueue a raw command plist (NanoMDM compatible).",
-        "description": "ids: comma-separated enrollment ids (thousands are fine). Up to 1,000 pushed ids "
+        "description": "ids: comma-separated enrollment ids (thousands are fine); group:NAME stands for the "
+                       "group's members, each answered in its own entry. Up to 1,000 pushed ids "
                        "the answer waits (at most 3 s) for APNs and carries each apns-id, as NanoMDM's "
                        "does; beyond that push_result is \"scheduled\".",
         "parameters": [
             {"name": "ids", "in": "path", "required": True, "schema": {"type": "string", "pattern": r"[^,\s]"},
-             "description": "Comma-separated enrollment ids; empty entries are skipped."},
+             "description": "Comma-separated enrollment ids or group:NAME; empty entries are skipped."},
             {"name": "nopush", "in": "query", "required": False, "schema": {"type": "string"},
              "description": "Any value but empty/0/false: queue without pushing."},
             _STRICT, _TTL,
@@ -418,13 +509,28 @@ PATHS: dict = {
         "responses": {"200": _json(_ref("Catalog"), "The catalog."), **_AUTH_ERRORS},
     }},
     "/v1/devices": {"get": {
-        "summary": "Devices, paged, filterable.",
+        "summary": "Devices: searched, filtered, sorted and paged.",
+        "description": "Without parameters: every device by id, as always. The filter language, e.g. "
+                       "`os_version < \"17.5\" and model_name contains \"iPad\"` or `last_seen < 30d ago`, is "
+                       "in the README (\"Searching devices\").",
         "parameters": [_LIMIT, _CURSOR,
+                       {"name": "q", "in": "query", "required": False, "schema": {"type": "string", "maxLength": 200},
+                        "description": "Text in the name, serial, UDID, model or OS version (any case)."},
+                       {"name": "filter", "in": "query", "required": False, "schema": {"type": "string"},
+                        "description": "An expression in the device filter language (at most 2,000 characters)."},
+                       {"name": "group", "in": "query", "required": False, "schema": {"type": "string"},
+                        "description": "Only this group's members."},
+                       {"name": "sort", "in": "query", "required": False,
+                        "schema": {"type": "string", "enum": list(SORTS), "default": "id"},
+                        "description": "os sorts as versions (17.10 after 17.9)."},
+                       {"name": "order", "in": "query", "required": False,
+                        "schema": {"type": "string", "enum": ["asc", "desc"], "default": "asc"}},
                        {"name": "serial", "in": "query", "required": False, "schema": {"type": "string"}},
                        {"name": "udid", "in": "query", "required": False, "schema": {"type": "string"}},
                        {"name": "active", "in": "query", "required": False,
                         "schema": {"type": "string", "enum": ["true", "false"]}}],
-        "responses": {"200": _json(_ref("DevicePage"), "A page of devices."), **_STD_ERRORS},
+        "responses": {"200": _json(_ref("DevicePage"), "A page of devices."),
+                      "404": _error("No such group (code group_not_found)."), **_STD_ERRORS},
     }},
     "/v1/devices/{device_id}": {"get": {
         "summary": "One device with its channels (device and users) and identity certificate.",
@@ -476,7 +582,8 @@ PATHS: dict = {
                            "then get a push_error saying so and carry on; their outcome is recorded on the "
                            "enrollment (GET /v1/devices/ID: last_push_at, last_push_result, last_push_error).",
             "parameters": [{"name": "ids", "in": "path", "required": True, "schema": {"type": "string"},
-                            "description": "Comma-separated enrollment ids (at most 10,000)."}],
+                            "description": "Comma-separated enrollment ids or group:NAME (at most 10,000 in "
+                                           "all, the groups' members counted)."}],
             "responses": {
                 **_STD_ERRORS,
                 "200": _json(_ref("PushAnswer"), "Every push accepted by APNs (push_result: apns-id)."),
@@ -535,6 +642,46 @@ PATHS: dict = {
         "responses": {"200": _json(_ref("ForgottenUrlSets"), "What was forgotten."), **_AUTH_ERRORS,
                       "503": _STD_ERRORS["503"]},
     }},
+    "/v1/groups": {
+        "get": {"summary": "Every group with its member count.",
+                "responses": {"200": _json(_ref("GroupList"), "The groups."), "401": _STD_ERRORS["401"],
+                              "503": _STD_ERRORS["503"]}},
+        "post": {
+            "summary": "Create a group: static without a filter, dynamic with one.",
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": _ref("NewGroup"),
+                "example": {"name": "old-ipads", "filter": "os_version < \"17.5\" and model_name contains \"iPad\""}}}},
+            "responses": {"201": _json(_ref("Group"), "Created (a dynamic group with its members already)."),
+                          "409": _error("A group of that name exists (names ignore case; code group_exists)."),
+                          **_STD_ERRORS},
+        },
+    },
+    "/v1/groups/{name}": {
+        "get": {"summary": "One group.", "parameters": [_GROUP],
+                "responses": {"200": _json(_ref("Group"), "The group."), "404": _error("No such group."),
+                              "401": _STD_ERRORS["401"], "503": _STD_ERRORS["503"]}},
+        "patch": {
+            "summary": "Change a group's filter (dynamic groups; members follow at once) or description.",
+            "parameters": [_GROUP],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("GroupChange")}}},
+            "responses": {"200": _json(_ref("Group"), "The group as it is now."), "404": _error("No such group."),
+                          **_STD_ERRORS},
+        },
+        "delete": {"summary": "Delete a group (its devices stay).", "parameters": [_GROUP],
+                   "responses": {"200": _json(_ref("GroupDeleted"), "Deleted."), "404": _error("No such group."),
+                                 "401": _STD_ERRORS["401"], "503": _STD_ERRORS["503"]}},
+    },
+    "/v1/groups/{name}/members/{ids}": {
+        method: {
+            "summary": summary, "parameters": [_GROUP, {
+                "name": "ids", "in": "path", "required": True, "schema": {"type": "string"},
+                "description": "Comma-separated device ids (at most 10,000)."}],
+            "responses": {"200": _json(_ref("GroupMembership"), "How many changed, and the count now."),
+                          "404": _error("No such group, or (adding) no such device: nothing changed."),
+                          **_STD_ERRORS},
+        } for method, summary in (("put", "Add devices to a static group."),
+                                  ("delete", "Take devices out of a static group."))
+    },
     "/v1/openapi.json": {"get": {
         "summary": "This document.", "security": [],
         "responses": {"200": {"description": "OpenAPI 3.0 JSON.",

@@ -454,8 +454,9 @@ def _set_condition(c: Condition, params: list) -> str:
     else:
         params.extend(c.values)
         test = f"s.{key} IN ({', '.join('?' * len(c.values))})"
-    found = f"EXISTS (SELECT 1 FROM {table} s WHERE s.device_id = d.id AND {test})"
-    return f"NOT {found}" if c.op == "!=" else f"({found})"
+    # Not correlated: SQLite builds the set of devices once, then each row is one lookup in it.
+    found = f"d.id IN (SELECT s.device_id FROM {table} s WHERE {test})"
+    return f"NOT ({found})" if c.op == "!=" else f"({found})"
 
 
 def _sql_value(field: Field, value, now: datetime):

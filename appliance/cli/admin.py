@@ -181,8 +181,8 @@ def _renewal(certificate: dict) -> str:
 
 
 _INVENTORY_FACTS = [("inventory_at", "inventory at"), ("supervised", "supervised"),
-                    ("activation_lock", "activation lock"), ("filevault", "filevault"), ("passcode_present", "passcode"),
-                    ("passcode_compliant", "passcode ok")]
+                    ("activation_lock", "activation lock"), ("filevault", "filevault"),
+                    ("passcode_present", "passcode"), ("passcode_compliant", "passcode ok")]
 
 
 def _print_inventory(inventory: dict | None) -> None:
@@ -191,7 +191,8 @@ def _print_inventory(inventory: dict | None) -> None:
         return
     for key, heading in _INVENTORY_FACTS:
         click.echo(f"{heading + ':':15} {_cell(inventory.get(key))}")
-    capacity, available, battery = (inventory.get(k) for k in ("device_capacity", "available_capacity", "battery_level"))
+    capacity, available, battery = (inventory.get(key)
+                                    for key in ("device_capacity", "available_capacity", "battery_level"))
     if capacity is not None:
         click.echo(f"{'storage:':15} {_cell(available)} of {capacity:g} GB available")
     if battery is not None:

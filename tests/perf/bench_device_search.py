@@ -92,8 +92,8 @@ def make_groups(conn, count: int) -> None:
     groups.add_members(conn, "pilot", ids, T0)
     for n in range(10):
         major = 15 + n % 4
-        groups.create(conn, f"dynamic-{n}", filter_text=f'os_version < "{major}.{n}" and capacity >= {32 * (1 + n % 3)}',
-                      description=None, now=T0)
+        text = f'os_version < "{major}.{n}" and capacity >= {32 * (1 + n % 3)}'
+        groups.create(conn, f"dynamic-{n}", filter_text=text, description=None, now=T0)
 
 
 def _percentile(values: list[float], fraction: float) -> float:

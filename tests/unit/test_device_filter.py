@@ -180,8 +180,8 @@ def _quoted(text: str) -> str:
 _CONDITIONS = st.one_of(
     st.tuples(st.sampled_from(["name", "serial", "model_name", "udid"]), st.sampled_from(["=", "!=", "contains"]),
               st.text(min_size=1, max_size=12)).map(lambda c: f"{c[0]} {c[1]} {_quoted(c[2])}"),
-    st.tuples(st.sampled_from(["<", "<=", ">", ">=", "="]), st.from_regex(r"[0-9]{1,2}(\.[0-9]{1,2}){0,2}", fullmatch=True)
-              ).map(lambda c: f"os_version {c[0]} {c[1]}"),
+    st.tuples(st.sampled_from(["<", "<=", ">", ">=", "="]),
+              st.from_regex(r"[0-9]{1,2}(\.[0-9]{1,2}){0,2}", fullmatch=True)).map(lambda c: f"os_version {c[0]} {c[1]}"),
     st.tuples(st.sampled_from(["battery", "capacity"]), st.sampled_from(["<", ">="]),
               st.integers(-1000, 1000)).map(lambda c: f"{c[0]} {c[1]} {c[2]}"),
     st.tuples(st.sampled_from(["last_seen", "last_inventory"]), st.integers(0, 999),

@@ -22,6 +22,7 @@ import sqlite3
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
+from functools import partial
 from typing import TypeVar
 
 import trio
@@ -209,9 +210,14 @@ class InventoryService:
             await self._wait(seconds)
 
     async def _wait(self, seconds: float) -> None:
-        """Until `seconds` have passed or wake() is called."""
-        with trio.move_on_after(seconds):
-            await self._wake.wait()
+        """Until `seconds` have passed on the appliance's clock (a test's clock moves at once), or wake()."""
+        async with trio.open_nursery() as racing:
+            async def first(wait) -> None:
+                await wait()
+                racing.cancel_scope.cancel()
+
+            racing.start_soon(first, self._wake.wait)
+            racing.start_soon(first, partial(self.runtime.clock.sleep, seconds))
 
 
 async def run_inventory(runtime, *, task_status=trio.TASK_STATUS_IGNORED) -> None:

@@ -5,10 +5,13 @@ plistlib and cryptography), and the device record, its history and its groups fo
 from __future__ import annotations
 
 import plistlib
+from datetime import timedelta
 
 import pytest
 import trio
 
+from appliance.clock import OffsetClock
+from appliance.store.timefmt import from_text
 from tests.support.apns_certs import make_ca, make_push_cert, make_server
 from tests.support.apns_standin import StandIn
 from tests.support.mdm_support import start_mdm_server
@@ -159,3 +162,26 @@ async def test_an_unreadable_answer_is_stored_and_changes_no_fact(fleet):
     record = await device_record(mdm, "MAC-4")
     assert record["os_version"] == "14.4" and record["inventory"]["device_information_at"] is None
     assert record["inventory"]["filevault"] is True and record["inventory"]["passcode_present"] is None
+
+
+async def test_inventory_comes_again_after_the_interval_by_the_appliance_clock(nursery, tmp_path):
+    clock = OffsetClock()
+    mdm, _ = await start_with_apns(nursery, tmp_path, clock=clock, inventory={"interval": "24h", "jitter": "1h"})
+    async with mdm.device("MAC-5") as device:
+        await device.enroll()
+        await wait_for_queue(mdm, "MAC-5", 5)
+        await device.answer_commands()
+        assert await queued_types(mdm, "MAC-5") == []
+        schedule = (await mdm.rows("SELECT queued_at, due_at FROM inventory_schedule WHERE device_id = 'MAC-5'"))[0]
+        gap = from_text(schedule["due_at"]) - from_text(schedule["queued_at"])
+        assert timedelta(hours=23) <= gap <= timedelta(hours=25)  # the interval, moved by the jitter
+
+        clock.advance(timedelta(hours=22, minutes=59))  # not yet due, whatever the jitter drew
+        await trio.sleep(0.3)  # give a wrongly eager worker the chance to queue
+        assert await queued_types(mdm, "MAC-5") == []
+        clock.advance(timedelta(hours=2, minutes=2))  # past the latest due time: the worker wakes at once
+        assert await wait_for_queue(mdm, "MAC-5", 5) == INVENTORY
+        await device.answer_commands()
+    record = await device_record(mdm, "MAC-5")
+    assert from_text(record["inventory"]["inventory_at"]) >= from_text(schedule["due_at"])
+    mdm.server.stop()

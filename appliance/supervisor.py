@@ -86,12 +86,12 @@ async def serve(config: Config, *, notifier: Notifier | None = None, handle_sign
             await workers.start(run_webhooks, runtime)
             await workers.start(run_ddm, runtime)
             await workers.start(run_renewal, runtime)
+            runtime.inventory = await workers.start(run_inventory, runtime)
             # The TLS certificate the listeners serve, renewed (or reloaded) while they run.
             server_tls = await workers.start(run_own_certificates, runtime)
             await workers.start(run_expiry, runtime)
             runtime.retention = await workers.start(run_retention, runtime)
             runtime.metrics.database.source = runtime.retention
-            runtime.inventory = await workers.start(run_inventory, runtime)
             workers.start_soon(_relay_store_faults, runtime)
             interval = watchdog_interval()
             if interval is not None:

@@ -140,12 +140,12 @@ _LISTS = {
 def _replace_list(conn: sqlite3.Connection, device_id: str, kind: str, rows: list[tuple], now: str) -> bool:
     """Replace the device's list when it differs from the stored one; returns whether it did."""
     table, columns = _LISTS[kind]
-    digest = hashlib.sha256(json.dumps(rows, default=str).encode()).hexdigest()
+    list_hash = hashlib.sha256(json.dumps(rows, default=str).encode()).hexdigest()
     _row(conn, device_id, now)
     stored = conn.execute(f"SELECT {kind}_sha256 FROM device_inventory WHERE device_id = ?", (device_id,)).fetchone()
     conn.execute(f"UPDATE device_inventory SET {kind}_at = ?, {kind}_sha256 = ? WHERE device_id = ?",
-                 (now, digest, device_id))
-    if stored[0] == digest:
+                 (now, list_hash, device_id))
+    if stored[0] == list_hash:
         return False
     conn.execute(f"DELETE FROM {table} WHERE device_id = ?", (device_id,))
     marks = ", ".join("?" * len(columns.split(",")))

@@ -343,7 +343,7 @@ class DdmConfig(Section):
 
 class QueueConfig(Section):
     # A command the API queues without ?ttl= expires this long after it was queued if no device took it
-    # to a final status by then (0: never). Commands the appliance queues itself (DDM) do not expire.
+    # to a final status by then (0: never). Commands the appliance queues itself (DDM, inventory) do not expire.
     command_ttl: Age = 30 * 86400.0
     # A device with a pending command NotNow'd more than this many times is listed as stuck.
     not_now_threshold: int = Field(default=10, ge=1, le=1_000_000)

@@ -30,6 +30,7 @@ AGE_RULES = (
     AgeRule("results", "results", "received_at"),
     AgeRule("stray_reports", "stray_reports", "received_at"),
     AgeRule("inventory_history", "inventory_history", "changed_at"),
+    AgeRule("inventory_history", "group_changes", "changed_at"),  # the group membership log
     AgeRule("ddm_status_history", "ddm_status_reports", "received_at"),
     AgeRule("ddm_status_history", "ddm_status_errors", "received_at"),
 )

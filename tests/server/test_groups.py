@@ -5,12 +5,16 @@ membership recorded with the command, and every refusal changing nothing."""
 from __future__ import annotations
 
 import plistlib
+from datetime import timedelta
 
 import pytest
 import trio
 
+from appliance.clock import OffsetClock
 from tests.server.test_inventory import start_with_apns, wait_for_queue
+from tests.server.test_retention import _pass_after
 from tests.support.fleet_seed import command_plist, seed_devices
+from tests.support.mdm_support import start_mdm_server
 
 
 @pytest.fixture
@@ -148,3 +152,18 @@ async def test_group_names_work_in_enqueue_and_push_and_the_membership_is_record
             assert {"ProfileList", "CertificateList"} <= set(answered)
             result = await mdm.rows("SELECT raw FROM results WHERE command_uuid = ?", answered["ProfileList"])
             assert plistlib.loads(result[0]["raw"])["ProfileList"]
+
+
+async def test_the_membership_log_is_pruned_with_inventory_history_and_memberships_stay(nursery, tmp_path):
+    mdm = await start_mdm_server(nursery, tmp_path, clock=OffsetClock(), retention={"inventory_history": "30d"})
+    ids = await mdm.server.runtime.store.write(lambda conn: seed_devices(conn, 3))
+    async with mdm.server.api_client() as api:
+        assert (await api.post("/v1/groups", json={"name": "lab"})).status_code == 201
+        assert (await api.put(f"/v1/groups/lab/members/{ids[0]},{ids[1]}")).status_code == 200
+        await _pass_after(mdm.server, timedelta(days=20))
+        assert (await api.put(f"/v1/groups/lab/members/{ids[2]}")).status_code == 200
+        await _pass_after(mdm.server, timedelta(days=15))
+        log = await mdm.rows("SELECT device_id, change FROM group_changes ORDER BY id")
+        assert log == [{"device_id": ids[2], "change": "joined"}]
+        assert (await api.get("/v1/groups/lab")).json()["member_count"] == 3
+    mdm.server.stop()

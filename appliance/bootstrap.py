@@ -1,8 +1,8 @@
 """First start on an empty data_dir, and every start after: the folder, the appliance CA, the server's TLS
-certificate (when none is configured) and the admin API key. Each file is written atomically and checked
-on the next start, so a first start killed midway recovers cleanly. The generated TLS certificate is
-renewed by the same rule as device identities ([renewal] renew_before), at start and, by
-service/own_certificates.py, while the server runs.
+certificate (when none is configured), the admin API key and the console's session signing key. Each file is
+written atomically and checked on the next start, so a first start killed midway recovers cleanly. The
+generated TLS certificate is renewed by the same rule as device identities ([renewal] renew_before), at
+start and, by service/own_certificates.py, while the server runs.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ log = get_logger("bootstrap")
 
 DB_FILE = "appliance.db"
 API_KEY_FILE = "api.key"
+CONSOLE_KEY_FILE = "console.key"
 SERVER_KEY_FILE = "server.key"
 SERVER_CERT_FILE = "server.crt"
 LOCAL_NAMES = ["localhost", "127.0.0.1", "::1"]
@@ -40,6 +41,7 @@ class Prepared:
     tls_key: Path | None
     server_cert_from_ca: bool  # the TLS certificate is issued by our CA (so profiles must carry the CA)
     api_key: str
+    console_key: str  # signs console session cookies; replacing it signs everyone out
 
 
 def prepare_data_dir(config: Config) -> Prepared:
@@ -58,6 +60,7 @@ def prepare_data_dir(config: Config) -> Prepared:
         tls_key=tls_key,
         server_cert_from_ca=from_ca,
         api_key=_api_key(config, data_dir),
+        console_key=_generated_secret(data_dir / CONSOLE_KEY_FILE),
     )
 
 
@@ -117,7 +120,11 @@ def _server_certificate_usable(ca: ApplianceCA, cert_path: Path, key_path: Path,
 def _api_key(config: Config, data_dir: Path) -> str:
     if config.api.key:
         return config.api.key
-    path = data_dir / API_KEY_FILE
+    return _generated_secret(data_dir / API_KEY_FILE)
+
+
+def _generated_secret(path: Path) -> str:
+    """The secret kept in `path`, made (random, 0600) on first start or when the file is unusable."""
     try:
         key = path.read_text().strip()
     except FileNotFoundError:
@@ -126,7 +133,7 @@ def _api_key(config: Config, data_dir: Path) -> str:
         key = secrets.token_urlsafe(32)
         write_atomic(path, (key + "\n").encode(), 0o600)
         # The path, never the key itself.
-        log.info("api_key_created", path=path)
+        log.info("secret_created", path=path)
     return key
 
 

@@ -54,6 +54,14 @@ def _duration(value: object) -> object:
     return value
 
 
+def parse_duration(text: str) -> float:
+    """"90", "15m", "24h", "30d" -> seconds, as the config file writes durations (also for API parameters)."""
+    seconds = _duration(text)
+    if not isinstance(seconds, (int, float)):
+        raise ValueError(_DURATION_HINT)
+    return float(seconds)
+
+
 def _size(value: object) -> object:
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise ValueError(_SIZE_HINT)
@@ -101,6 +109,9 @@ def _listen(value: str) -> str:
 
 
 Seconds = Annotated[float, BeforeValidator(_duration), Field(gt=0)]
+# An age after which something goes (a command expires, history is pruned); 0 keeps it forever. At most
+# ten years, so a moment computed from it always fits the database's time format.
+Age = Annotated[float, BeforeValidator(_duration), Field(ge=0, le=3650 * 86400)]
 Bytes = Annotated[int, BeforeValidator(_size), Field(gt=0)]
 ExistingFile = Annotated[Path, BeforeValidator(_resolve_path), AfterValidator(_must_exist)]
 CABundle = Annotated[ExistingFile, AfterValidator(_ca_bundle)]
@@ -238,6 +249,32 @@ class IdentityConfig(Section):
 
 class CheckinConfig(Section):
     user_authenticate: Literal["decline", "accept"] = "decline"
+
+
+InventoryCommand = Literal["DeviceInformation", "SecurityInfo", "ProfileList", "CertificateList",
+                           "InstalledApplicationList"]
+
+
+class InventoryConfig(Section):
+    # Every enrolled device is asked again this often (and once when it enrolls), moved by up to ±jitter.
+    interval: Annotated[float, BeforeValidator(_duration), Field(ge=60)] = 86400.0
+    jitter: Annotated[float, BeforeValidator(_duration), Field(ge=0)] = 3600.0
+    # The commands asked; [] turns scheduled inventory off (answers to commands sent by hand still count).
+    commands: list[InventoryCommand] = ["DeviceInformation", "SecurityInfo", "ProfileList", "CertificateList",
+                                        "InstalledApplicationList"]
+
+    @field_validator("commands")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("names a command twice")
+        return value
+
+    @model_validator(mode="after")
+    def _jitter_below_interval(self) -> InventoryConfig:
+        if self.jitter >= self.interval / 2:
+            raise ValueError("jitter must be less than half the interval")
+        return self
 
 
 class EnrollmentConfig(Section):
@@ -426,6 +463,23 @@ class AdeConfig(Section):
             except (OSError, ValueError) as exc:
                 raise ValueError(f"{path}: no PEM certificate in it ({exc})") from None
         return value
+class QueueConfig(Section):
+    # A command the API queues without ?ttl= expires this long after it was queued if no device took it
+    # to a final status by then (0: never). Commands the appliance queues itself (DDM, inventory) do not expire.
+    command_ttl: Age = 30 * 86400.0
+    # A device with a pending command NotNow'd more than this many times is listed as stuck.
+    not_now_threshold: int = Field(default=10, ge=1, le=1_000_000)
+
+
+class RetentionConfig(Section):
+    # How often the retention worker prunes what is older than the ages below and gives the space back.
+    interval: Annotated[float, BeforeValidator(_duration), Field(ge=60)] = 3600.0
+    # Ages after which rows are deleted (0: kept forever). Command bodies go with their last result,
+    # once no queue row or result names them and they are older than `results`.
+    results: Age = 90 * 86400.0
+    stray_reports: Age = 30 * 86400.0
+    inventory_history: Age = 365 * 86400.0
+    ddm_status_history: Age = 90 * 86400.0
 
 
 class LoggingConfig(Section):
@@ -441,10 +495,13 @@ class Config(Section):
     checkin: CheckinConfig = CheckinConfig()
     enrollment: EnrollmentConfig = EnrollmentConfig()
     renewal: RenewalConfig = RenewalConfig()
+    inventory: InventoryConfig = InventoryConfig()
     webhook: WebhookConfig = WebhookConfig()
     ddm: DdmConfig = DdmConfig()
     abm: AbmConfig = AbmConfig()
     ade: AdeConfig = AdeConfig()
+    queue: QueueConfig = QueueConfig()
+    retention: RetentionConfig = RetentionConfig()
     logging: LoggingConfig = LoggingConfig()
 
     # Where the file was read from (not a TOML key).

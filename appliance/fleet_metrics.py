@@ -45,11 +45,15 @@ class FleetCollector:
                                 value=snap["queue_depth"])
         yield GaugeMetricFamily("mdm_queue_oldest_pending_seconds", "Age of the oldest pending queue row "
                                 "(0 when the queue is empty).", value=_age(snap["queue_oldest"]))
-        results = CounterMetricFamily("mdm_command_results", "Final command results stored, by status "
-                                      "(Acknowledged, Error, CommandFormatError).", labels=["status"])
-        for status in ("Acknowledged", "Error", "CommandFormatError"):
+        results = CounterMetricFamily("mdm_command_results", "Final command statuses stored: the device's "
+                                      "(Acknowledged, Error, CommandFormatError) or Expired (taken off the "
+                                      "queue at its expiry).", labels=["status"])
+        for status in ("Acknowledged", "Error", "CommandFormatError", "Expired"):
             results.add_metric([status], self.results.get(status, 0))
         yield results
+        yield GaugeMetricFamily("mdm_devices_stuck", "Devices with a pending command NotNow'd more than "
+                                "[queue] not_now_threshold times (listed by GET /v1/queue/stuck).",
+                                value=snap["devices_stuck"])
         yield GaugeMetricFamily("mdm_webhook_outbox_depth", "Webhook events not yet delivered.",
                                 value=snap["outbox_depth"])
         yield GaugeMetricFamily("mdm_webhook_outbox_oldest_seconds", "Age of the oldest undelivered webhook "

@@ -3,6 +3,8 @@ process; the global default registry would mix them). Each area adds its metrics
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -80,6 +82,25 @@ class Metrics:
         # Group commit at work: write jobs (device requests, API calls) per COMMIT (one fsync each).
         self.store = StoreCollector()
         r.register(self.store)
+        # Retention (appliance/service/retention.py) and the database's size and rows.
+        self.retention_pruned = Counter(
+            "mdm_retention_pruned_rows_total", "Rows deleted by the retention worker for being older than their "
+            "[retention] age, by kind (results, command_bodies, stray_reports, inventory_history, "
+            "ddm_status_history).", ["kind"], registry=r,
+        )
+        self.retention_released = Counter(
+            "mdm_database_released_bytes_total", "Free space given back to the file system by incremental "
+            "vacuum.", registry=r,
+        )
+        self.retention_last_pass = Gauge(
+            "mdm_retention_last_pass_timestamp_seconds", "When the retention worker last finished a pass "
+            "(UNIX time; 0: not yet).", registry=r,
+        )
+        self.retention_pass_seconds = Gauge(
+            "mdm_retention_last_pass_seconds", "How long the last retention pass took, pauses included.", registry=r,
+        )
+        self.database = DatabaseCollector()
+        r.register(self.database)
         # APNs (appliance/push/scheduler.py)
         self.pushes = Counter(
             "mdm_pushes_total", "APNs pushes by result (ok, unregistered, rejected, certificate, throttled, "
@@ -185,6 +206,8 @@ class Metrics:
     def count_connection_error(self, reason: str) -> None:
         # Bounded label: anything unforeseen is "internal".
         self.connection_errors.labels(reason if reason in CONNECTION_ERROR_REASONS else "internal").inc()
+        for kind in ("results", "command_bodies", "stray_reports", "inventory_history", "ddm_status_history"):
+            self.retention_pruned.labels(kind)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -217,3 +240,41 @@ class StoreCollector:
         yield GaugeMetricFamily("mdm_store_status", "Database health as in /healthz: 0 ok, 2 error (a storage "
                                 "fault since the last commit that worked).",
                                 value=0 if self.store.fault is None else 2)
+
+
+class DatabaseCollector:
+    """The database's size and rows per table. File sizes are read at scrape time (a stat); free space and
+    row counts come from the figures the retention worker keeps (`source.stats`, refreshed every few
+    minutes on a connection of its own), so a scrape never counts a million rows."""
+
+    def __init__(self) -> None:
+        self.source = None  # the retention worker, once started (supervisor)
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        stats = None if self.source is None else self.source.stats
+        if stats is None:
+            return
+        path = stats["path"]
+        yield GaugeMetricFamily("mdm_database_size_bytes", "Size of the database file (without its WAL).",
+                                value=_file_size(path))
+        yield GaugeMetricFamily("mdm_database_wal_bytes", "Size of the database's write-ahead log.",
+                                value=_file_size(f"{path}-wal"))
+        yield GaugeMetricFamily("mdm_database_free_bytes", "Free pages inside the database file (reused for new "
+                                "rows; given back by incremental vacuum).", value=stats["free_bytes"])
+        rows = GaugeMetricFamily("mdm_database_rows", "Rows per table, counted every few minutes and after "
+                                 "each retention pass.", labels=["table"])
+        for table, count in sorted(stats["rows"].items()):
+            rows.add_metric([table], count)
+        yield rows
+        yield GaugeMetricFamily("mdm_database_rows_counted_timestamp_seconds", "When mdm_database_rows and "
+                                "mdm_database_free_bytes were read (UNIX time).", value=stats["counted_at"])
+
+
+def _file_size(path: str) -> float:
+    try:
+        return float(os.stat(path).st_size)
+    except OSError:
+        return 0.0

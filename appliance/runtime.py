@@ -15,6 +15,8 @@ from appliance.config import Config
 from appliance.identity.ca import ApplianceCA
 from appliance.identity.guesses import GuessLimit
 from appliance.metrics import Metrics
+from appliance.service.accounts import SignInLimits
+from appliance.service.groups import MembershipWatch
 from appliance.store.db import Store
 
 # A health contributor: returns (name, details, severity) where severity is "ok", "warning" or "error".
@@ -32,15 +34,20 @@ class Runtime:
     server_cert_from_ca: bool
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    console_key: str = ""  # signs the web console's session cookies (data_dir/console.key)
     started_at: float = field(default_factory=time.time)
     # Filled by parts as they start (see supervisor.serve).
     push: Any = None
     webhooks: Any = None
     ddm: Any = None
     renewals: Any = None
+    retention: Any = None  # appliance.service.retention.Retention: database figures for /metrics
+    inventory: Any = None  # appliance.service.inventory.InventoryService
     trust: Any = None
     abm: Any = None  # the ABM sync service (service/abm.py)
     ade: Any = None  # the ADE endpoint's and setup steps' prepared config (service/ade.py)
+    # Told after every commit that changed group membership (appliance.service.groups).
+    group_changes: MembershipWatch = field(default_factory=MembershipWatch)
     health_checks: list[HealthCheck] = field(default_factory=list)
     # Short phrases for systemd's STATUS= line, e.g. "push cert com.apple.mgmt.X expires in 200 days".
     status_phrases: list[Callable[[], Awaitable[str | None]]] = field(default_factory=list)
@@ -51,6 +58,8 @@ class Runtime:
     scep_guesses: GuessLimit = field(init=False)
     enrollment_secret_guesses: GuessLimit = field(init=False)
     api_key_guesses: GuessLimit = field(init=False)
+    # Wrong console passwords per client address and per account (appliance.service.accounts).
+    sign_ins: SignInLimits = field(init=False)
 
     def refresh_status(self) -> None:
         """A part's health changed: rewrite systemd's STATUS= line now."""
@@ -66,3 +75,4 @@ class Runtime:
         self.enrollment_secret_guesses = GuessLimit(enrollment.secret_guess_limit, enrollment.secret_guess_window,
                                                     seconds)
         self.api_key_guesses = GuessLimit(api.key_guess_limit, api.key_guess_window, seconds)
+        self.sign_ins = SignInLimits(seconds)

@@ -33,7 +33,10 @@ from appliance.service.abm import run_abm
 from appliance.service.ade import AdeService
 from appliance.service.ddm import run_ddm
 from appliance.service.enrollment import warn_on_changed_urls
+from appliance.service.expiry import run_expiry
+from appliance.service.inventory import run_inventory
 from appliance.service.renewal import run_renewal
+from appliance.service.retention import run_retention
 from appliance.startup import check_tls_files, data_dir_failure, database_failure, explained, listener_failure
 from appliance.store.db import run_store
 from appliance.store.faults import StoreUnavailable
@@ -85,9 +88,13 @@ async def serve(config: Config, *, notifier: Notifier | None = None, handle_sign
             await workers.start(run_webhooks, runtime)
             await workers.start(run_ddm, runtime)
             await workers.start(run_renewal, runtime)
+            runtime.inventory = await workers.start(run_inventory, runtime)
             await workers.start(run_abm, runtime)
             # The TLS certificate the listeners serve, renewed (or reloaded) while they run.
             server_tls = await workers.start(run_own_certificates, runtime)
+            await workers.start(run_expiry, runtime)
+            runtime.retention = await workers.start(run_retention, runtime)
+            runtime.metrics.database.source = runtime.retention
             workers.start_soon(_relay_store_faults, runtime)
             interval = watchdog_interval()
             if interval is not None:
@@ -119,6 +126,7 @@ def _runtime(config: Config, prepared: Prepared, store, clock: clocks.Clock) -> 
         ca=prepared.ca,
         metrics=metrics,
         api_key=prepared.api_key,
+        console_key=prepared.console_key,
         server_cert_from_ca=prepared.server_cert_from_ca,
         tls_cert=prepared.tls_cert,
         tls_key=prepared.tls_key,

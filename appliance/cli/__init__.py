@@ -30,3 +30,6 @@ from appliance.cli import admin as _admin  # noqa: E402,F401
 from appliance.cli import ddm as _ddm  # noqa: E402,F401
 from appliance.cli import setup as _setup  # noqa: E402,F401
 from appliance.cli import abm as _abm  # noqa: E402,F401
+from appliance.cli import db as _db  # noqa: E402,F401
+from appliance.cli import users as _users  # noqa: E402,F401
+from appliance.cli import groups as _groups  # noqa: E402,F401

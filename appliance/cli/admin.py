@@ -95,22 +95,34 @@ DEVICE_COLUMNS = [("id", "ID"), ("serial_number", "SERIAL"), ("model", "MODEL"),
 @main.command("devices")
 @config_option
 @json_option
+@click.option("--filter", "-f", "filter_text", metavar="EXPR",
+              help="Only devices matching EXPR, in the device filter language (README, \"Searching devices\").")
+@click.option("--search", "-q", "text", help="Only devices whose name, serial, UDID, model or OS contains TEXT.")
+@click.option("--group", "-g", help="Only the members of this group.")
 @click.option("--serial", help="Only the device with this serial number.")
 @click.option("--udid", help="Only the device with this UDID.")
 @click.option("--active/--inactive", default=None, help="Only active (or only inactive) devices.")
-def devices(config_path, as_json, serial, udid, active) -> None:
-    """List devices (all pages).
+@click.option("--sort", type=click.Choice(["id", "name", "serial", "model", "os", "last_seen", "last_inventory"]),
+              default="id", show_default=True, help="Sort by this (os: as versions, 17.10 after 17.9).")
+@click.option("--desc", is_flag=True, help="Sort in descending order.")
+@click.option("--limit", type=click.IntRange(min=1), help="At most this many devices (default: all).")
+def devices(config_path, as_json, filter_text, text, group, serial, udid, active, sort, desc, limit) -> None:
+    """List devices, searched, filtered and sorted (all pages, or --limit).
 
     \b
     mdm-appliance devices
-    mdm-appliance devices --inactive --json | jq -r '.[].id'
+    mdm-appliance devices --filter 'os_version < "17.5" and model_name contains "iPad"' --sort os
+    mdm-appliance devices --filter 'last_seen < 30d ago' --sort last_seen --json | jq -r '.[].id'
+    mdm-appliance devices --group lab-macs --inactive
     """
     client = _client(config_path)
     found: list[dict] = []
     cursor = None
-    while True:
-        _, page = client.call("GET", _path("devices", limit=1000, cursor=cursor, serial=serial, udid=udid,
-                                           active=None if active is None else str(active).lower()))
+    while limit is None or len(found) < limit:
+        _, page = client.call("GET", _path(
+            "devices", limit=min(1000, limit - len(found)) if limit else 1000, cursor=cursor, filter=filter_text,
+            q=text, group=group, serial=serial, udid=udid, sort=sort, order="desc" if desc else None,
+            active=None if active is None else str(active).lower()))
         found += page["devices"]
         cursor = page["next_cursor"]
         if cursor is None:
@@ -119,7 +131,7 @@ def devices(config_path, as_json, serial, udid, active) -> None:
         _print_json(found)
     else:
         _table(found, DEVICE_COLUMNS)
-        click.echo(f"{len(found)} device(s)", err=True)
+        click.echo(f"{len(found)} of {page['total']} device(s)" if cursor else f"{len(found)} device(s)", err=True)
 
 
 @main.command("device")
@@ -145,6 +157,11 @@ def device(config_path, as_json, device_id) -> None:
     click.echo(f"{'identity cert:':15} {_cell(certificate.get('subject'))} until {_cell(certificate.get('not_after'))}")
     if certificate:
         click.echo(f"{'renewal:':15} {_renewal(certificate)}")
+    click.echo(f"{'groups:':15} {', '.join(found.get('groups') or []) or '-'}")
+    _print_inventory(found.get("inventory"))
+    for change in (found.get("history") or [])[:5]:
+        click.echo(f"{'changed:':15} {_cell(change['changed_at'])} {change['fact']} {_cell(change['old_value'])} -> "
+                   f"{_cell(change['new_value'])} ({change['source']})")
     click.echo("")
     _table(found["enrollments"], [("id", "ENROLLMENT"), ("type", "TYPE"), ("user_short_name", "USER"),
                                   ("active", "ACTIVE"), ("last_seen_at", "LAST SEEN"),
@@ -161,6 +178,28 @@ def _renewal(certificate: dict) -> str:
     if any(facts):
         text += f" ({', '.join(fact for fact in facts if fact)})"
     return text + (f": {renewal['reason']}" if renewal.get("reason") else "")
+
+
+_INVENTORY_FACTS = [("inventory_at", "inventory at"), ("supervised", "supervised"),
+                    ("activation_lock", "activation lock"), ("filevault", "filevault"),
+                    ("passcode_present", "passcode"), ("passcode_compliant", "passcode ok")]
+
+
+def _print_inventory(inventory: dict | None) -> None:
+    if inventory is None:
+        click.echo(f"{'inventory:':15} none yet")
+        return
+    for key, heading in _INVENTORY_FACTS:
+        click.echo(f"{heading + ':':15} {_cell(inventory.get(key))}")
+    capacity, available, battery = (inventory.get(key)
+                                    for key in ("device_capacity", "available_capacity", "battery_level"))
+    if capacity is not None:
+        click.echo(f"{'storage:':15} {_cell(available)} of {capacity:g} GB available")
+    if battery is not None:
+        click.echo(f"{'battery:':15} {battery * 100:.0f} %")
+    click.echo(f"{'installed:':15} {len(inventory.get('profiles') or [])} profile(s), "
+               f"{len(inventory.get('certificates') or [])} certificate(s), "
+               f"{len(inventory.get('applications') or [])} app(s)")
 
 
 def _last_push(found: dict) -> str:
@@ -345,7 +384,9 @@ def _confirm_destructive(request_type: str, ids: list[str], yes: bool) -> None:
 @click.option("--yes", "-y", is_flag=True, help="Send a destructive command to several enrollments or a group "
                                                 "without asking (for scripts).")
 @click.option("--nopush", is_flag=True, help="Queue only; the devices get it at their next check-in.")
-def enqueue(config_path, as_json, ids, plist_file, request_type, keys, raw, yes, nopush) -> None:
+@click.option("--ttl", metavar="DURATION", help="Expire it where still pending after this long (\"12h\", \"7d\"; "
+                                                "0: never) [default: the server's [queue] command_ttl].")
+def enqueue(config_path, as_json, ids, plist_file, request_type, keys, raw, yes, nopush, ttl) -> None:
     """Queue a command for one or many enrollments (ID "-" reads ids from stdin) and push them.
 
     The command is checked against the catalog (`mdm-appliance catalog TYPE` lists its keys) unless --raw.
@@ -360,13 +401,14 @@ def enqueue(config_path, as_json, ids, plist_file, request_type, keys, raw, yes,
     mdm-appliance enqueue - --type RestartDevice --yes < ids.txt
     mdm-appliance enqueue UDID --plist restart.plist
     mdm-appliance enqueue UDID --raw --type SomeNewCommand -k Flag true
+    mdm-appliance enqueue UDID --type ScheduleOSUpdateScan --ttl 2d
     """
     if (plist_file is None) == (request_type is None):
         raise CliError("give either --plist FILE or --type RequestType")
     if plist_file is not None and keys:
         raise CliError("--key builds a command with --type; a --plist file is sent as it is")
     enrollment_ids = _ids(ids)
-    query = {"nopush": "1" if nopush else None, "strict": None if raw else "1"}
+    query = {"nopush": "1" if nopush else None, "strict": None if raw else "1", "ttl": ttl}
     try:
         if plist_file is not None:
             command = parse_command(plist_file.read())
@@ -481,6 +523,40 @@ def clear_queue(config_path, as_json, enrollment_id) -> None:
         _print_json(answer)
     else:
         click.echo(f"{answer['cleared']} command(s) taken off {enrollment_id}'s queue")
+
+
+STUCK_COLUMNS = [("device_id", "DEVICE"), ("enrollment_id", "ENROLLMENT"), ("request_type", "COMMAND"),
+                 ("not_now_count", "NOTNOW"), ("not_now_at", "LAST NOTNOW"), ("queued_at", "QUEUED"),
+                 ("expires_at", "EXPIRES"), ("command_uuid", "UUID")]
+
+
+@main.command("stuck")
+@config_option
+@json_option
+@click.option("--threshold", type=click.IntRange(0, 1_000_000), default=None,
+              help="More NotNows than this [default: the server's [queue] not_now_threshold].")
+def stuck(config_path, as_json, threshold) -> None:
+    """Devices with a pending command they keep answering NotNow to (all pages).
+
+    \b
+    mdm-appliance stuck
+    mdm-appliance stuck --threshold 3 --json | jq -r '.devices[].device_id'
+    """
+    client = _client(config_path)
+    devices: list[dict] = []
+    cursor, used = None, threshold
+    while True:
+        _, page = client.call("GET", _path("queue", "stuck", threshold=threshold, limit=1000, cursor=cursor))
+        devices += page["devices"]
+        cursor, used = page["next_cursor"], page["threshold"]
+        if cursor is None:
+            break
+    if as_json:
+        _print_json({"threshold": used, "devices": devices})
+        return
+    rows = [{"device_id": device["device_id"], **entry} for device in devices for entry in device["commands"]]
+    _table(rows, STUCK_COLUMNS)
+    click.echo(f"{len(devices)} device(s) with a command NotNow'd more than {used} times", err=True)
 
 
 # --- backup ----------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import warnings
+from datetime import datetime
 
 from cryptography import x509
 from cryptography.utils import CryptographyDeprecationWarning
@@ -78,3 +79,13 @@ def load_ca_certificates(data: bytes) -> list[x509.Certificate]:
         if not is_ca(certificate, if_unsaid=True):
             raise ValueError(f"{certificate.subject.rfc4514_string()} is not a CA certificate")
     return certificates
+
+
+def describe(der: bytes) -> tuple[str, str, datetime] | None:
+    """(subject, issuer, not_after) of a certificate a device reported having (CertificateList), or None
+    when it cannot be read. Not cached: these are not identities, and must not crowd them out of it."""
+    try:
+        certificate = _strict(x509.load_der_x509_certificate, bytes(der))
+    except ValueError:
+        return None
+    return certificate.subject.rfc4514_string(), certificate.issuer.rfc4514_string(), certificate.not_valid_after_utc

@@ -46,6 +46,14 @@ class Enrollment:
         return {"id": self.id, "parent_id": self.device_id if self.is_user_channel else None, "type": self.type}
 
 
+def from_record(enrollment_id: str, device_id: str, kind: str) -> Enrollment:
+    """An enrollment as the database keeps it (id, device id, type), for events no device message carries
+    (user names are not needed there)."""
+    user_enrollment = kind in (USER_ENROLLMENT_DEVICE, USER_ENROLLMENT)
+    return Enrollment(enrollment_id, device_id, kind, "" if user_enrollment else device_id,
+                      device_id if user_enrollment else "")
+
+
 def _optional_str(message: dict[str, Any], key: str) -> str | None:
     value = message.get(key)
     if value is None:

@@ -7,7 +7,8 @@ PUSH_ANSWER_SECONDS; one multiplexed HTTP/2 batch, typically a few ms); for more
 deadline, push_result is "scheduled" and the pushes go on in the background, so a fleet-wide enqueue
 stays fast. The answer keeps NanoMDM's shape and status codes (200 all ok, 207 some failed, 500 all
 failed) but gives every id its entry, also with nopush, so callers can tell an unknown id from a queued
-one (PROTOCOL.md section 9).
+one (PROTOCOL.md section 9). An id may be group:NAME: it stands for the group's members at that moment
+(each gets its own entry; the group's membership is recorded with the command).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import Any
 
 from appliance.logs import get_logger
 from appliance.protocol.commands import Command
-from appliance.store import fleet, queue
+from appliance.store import fleet, groups, queue
+from appliance.store.timefmt import now_text
 
 log = get_logger("commands")
 
@@ -25,6 +27,8 @@ log = get_logger("commands")
 PUSH_SCHEDULED = "scheduled"
 PUSH_ANSWER_MAX_IDS = 1000
 PUSH_ANSWER_SECONDS = 3.0
+UNKNOWN_GROUP = "unknown group"
+EMPTY_GROUP = "group has no members"
 
 
 class BadCommand(ValueError):
@@ -54,18 +58,34 @@ def check_ids(ids: list[Any]) -> list[str]:
     return list(dict.fromkeys(ids))
 
 
-def _enqueue_and_check(conn, command: Command, ids: list[str], with_push: bool):
-    outcome = queue.enqueue(conn, command.uuid, command.request_type, command.body, ids)
+def _enqueue_and_check(conn, command: Command, ids: list[str], with_push: bool, ttl: float | None, now: str):
+    # group:NAME stands for the group's members as they are in this transaction, recorded with the command.
+    targets, snapshots, unknown = groups.expand(conn, ids)
+    outcome = queue.enqueue(conn, command.uuid, command.request_type, command.body, targets, ttl=ttl)
     queued = [eid for eid, error in outcome.items() if error is None]
+    if queued and snapshots:
+        groups.record_for_command(conn, command.uuid, snapshots, now)
+    outcome.update(group_errors(unknown, snapshots))
     reasons = fleet.pushability(conn, queued) if with_push else {}
     return outcome, reasons
 
 
-async def enqueue(runtime, command: Command, ids: list[str], *, no_push: bool) -> tuple[int, dict]:
-    """Queue the command to every id and push them; returns (HTTP status, NanoMDM-shaped answer)."""
+def group_errors(unknown: list[str], snapshots: list[groups.Snapshot]) -> dict[str, str]:
+    """An entry for each group:NAME that stood for nobody, so the caller sees why nothing went there."""
+    errors = {entry: UNKNOWN_GROUP for entry in unknown}
+    errors.update({groups.PREFIX + s.name: EMPTY_GROUP for s in snapshots if not s.members})
+    return errors
+
+
+async def enqueue(runtime, command: Command, ids: list[str], *, no_push: bool, ttl: float | None = None
+                  ) -> tuple[int, dict]:
+    """Queue the command to every id and push them; returns (HTTP status, NanoMDM-shaped answer).
+    ttl: seconds until it expires where still pending (0: never; None: [queue] command_ttl)."""
     push = None if no_push else runtime.push
+    seconds = runtime.config.queue.command_ttl if ttl is None else ttl
     try:
-        outcome, reasons = await runtime.store.write(_enqueue_and_check, command, ids, push is not None)
+        outcome, reasons = await runtime.store.write(_enqueue_and_check, command, ids, push is not None,
+                                                     seconds or None, now_text())
     except queue.CommandExists:
         raise DuplicateCommand(
             f"CommandUUID {command.uuid} was already used; every command needs a new UUID"

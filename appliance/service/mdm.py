@@ -34,6 +34,7 @@ from appliance.protocol.messages import (
 )
 from appliance.service import ade, ddm
 from appliance.service.certauth import Presented, binding_step
+from appliance.service.inventory import answer_step, authenticate_step
 from appliance.store import enrollments, outbox, queue
 from appliance.webhook.events import acknowledge_event, checkin_event
 
@@ -47,11 +48,12 @@ async def checkin(runtime, message: CheckIn, certificate: Presented, url_params:
     runtime.metrics.mdm_checkins.labels(message.message_type, str(answer.status)).inc()
     if isinstance(message, DeclarativeManagement):
         runtime.metrics.ddm_requests.labels(message.request.endpoint, str(answer.status)).inc()
-    elif isinstance(message, TokenUpdate) and runtime.ddm is not None:
-        runtime.ddm.wake()  # the enrollment step may have marked this channel
-    _wake_webhooks(runtime, options)
-    if options.push_after and runtime.push is not None:
-        runtime.push.request_push(options.push_after)  # ADE setup commands were queued: the device waits
+    elif isinstance(message, TokenUpdate):
+        if runtime.ddm is not None:
+            runtime.ddm.wake()  # the enrollment step may have marked this channel
+        if runtime.inventory is not None:
+            runtime.inventory.wake()  # a device that just enrolled is due for its first inventory
+    _after_commit(runtime, options)
     return answer
 
 
@@ -60,24 +62,30 @@ async def report(runtime, message: Report, certificate: Presented, url_params: d
     options = _Options(runtime, url_params)
     answer, outcome = await runtime.store.write(_REPORT, message, certificate, options)
     runtime.metrics.mdm_reports.labels(message.status, outcome).inc()
-    _wake_webhooks(runtime, options)
-    if options.configured:
-        runtime.metrics.ade_configured.inc(len(options.configured))
+    _after_commit(runtime, options)
     if answer.command_uuid is not None:
         runtime.metrics.mdm_commands_sent.inc()
     return answer
 
 
-def _wake_webhooks(runtime, options: "_Options") -> None:
+def _after_commit(runtime, options: "_Options") -> None:
     # The transaction just committed an outbox row: deliver it now, not at the worker's next poll.
     if options.webhook and runtime.webhooks is not None:
         runtime.webhooks.wake()
+    # Group memberships moved with the device's facts: whoever follows them hears it now.
+    if options.groups_changed:
+        runtime.group_changes.notify()
+    if options.push_after and runtime.push is not None:
+        runtime.push.request_push(options.push_after)  # ADE setup commands were queued: the device waits
+    if options.configured:
+        runtime.metrics.ade_configured.inc(len(options.configured))
 
 
 class _Options:
     """What the transaction needs from the config (read on the trio side, not on the db thread)."""
 
-    __slots__ = ("webhook", "accept_user_authenticate", "url_params", "ddm", "ade", "push_after", "configured")
+    __slots__ = ("webhook", "accept_user_authenticate", "url_params", "ddm", "ade", "push_after", "configured",
+                 "groups_changed")
 
     def __init__(self, runtime, url_params: dict | None) -> None:
         self.webhook = runtime.config.webhook.url is not None
@@ -87,6 +95,7 @@ class _Options:
         self.ade = runtime.ade  # the ADE setup (service/ade.py); None in a runtime without one
         self.push_after: list[str] = []  # enrollments to push once the transaction committed
         self.configured: list[str] = []  # ADE devices whose DeviceConfigured was acknowledged
+        self.groups_changed = False  # set by the inventory steps (appliance.service.inventory)
 
 
 # --- on the db thread, inside one transaction -----------------------------------------------------
@@ -163,10 +172,11 @@ def _report(conn: sqlite3.Connection, message: Report, options: _Options) -> tup
 
 
 # Each core runs inside the certificate binding step: it is only reached with an admitted certificate.
-# A check-in's core also runs inside the DDM enrollment step (a newly enrolled channel is marked), and both
-# inside the ADE steps, which hold a device in Setup Assistant until its setup commands are done.
-_CHECKIN = binding_step(ade.checkin_step(ddm.enrollment_step(_checkin)))
-_REPORT = binding_step(ade.report_step(_report))
+# A check-in's core also runs inside the DDM enrollment step (a newly enrolled channel is marked), and the
+# inventory steps read device facts from Authenticate and from inventory answers; all of it inside the ADE
+# steps, which hold a device in Setup Assistant until its setup commands are done.
+_CHECKIN = binding_step(ade.checkin_step(ddm.enrollment_step(authenticate_step(_checkin))))
+_REPORT = binding_step(ade.report_step(answer_step(_report)))
 
 
 def _checkin_event(conn, message: CheckIn, options: _Options, tally: int | None) -> None:

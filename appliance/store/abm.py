@@ -456,15 +456,7 @@ def abm_summary(conn: sqlite3.Connection, serial: str | None) -> dict | None:
 def unenrolled_devices(conn: sqlite3.Connection, *, text: str | None = None, serial: str | None = None,
                        after: str | None = None, limit: int = 100) -> list[dict]:
     """ABM devices no enrolled device matches by serial number yet, for the device list ("not enrolled yet")."""
-    where = ["a.deleted_at IS NULL", "NOT EXISTS (SELECT 1 FROM devices d WHERE d.serial_number = a.serial_number)"]
-    args: list = []
-    if text:
-        where.append("instr(lower(a.serial_number || ' ' || coalesce(a.model, '') || ' ' || "
-                     "coalesce(a.description, '')), lower(?)) > 0")
-        args.append(text)
-    if serial is not None:
-        where.append("a.serial_number = ?")
-        args.append(serial)
+    where, args = _unenrolled(text, serial)
     if after is not None:
         where.append("a.serial_number > ?")
         args.append(after)
@@ -479,6 +471,24 @@ def unenrolled_devices(conn: sqlite3.Connection, *, text: str | None = None, ser
         "abm": {"server": row["server"], "assign_state": row["assign_state"], "os": row["os"],
                 "device_family": row["device_family"], "added_at": row["added_at"]},
     } for row in rows]
+
+
+def count_unenrolled(conn: sqlite3.Connection, *, text: str | None = None, serial: str | None = None) -> int:
+    where, args = _unenrolled(text, serial)
+    return conn.execute(f"SELECT count(*) FROM abm_devices a WHERE {' AND '.join(where)}", args).fetchone()[0]
+
+
+def _unenrolled(text: str | None, serial: str | None) -> tuple[list[str], list]:
+    where = ["a.deleted_at IS NULL", "NOT EXISTS (SELECT 1 FROM devices d WHERE d.serial_number = a.serial_number)"]
+    args: list = []
+    if text:
+        where.append("instr(lower(a.serial_number || ' ' || coalesce(a.model, '') || ' ' || "
+                     "coalesce(a.description, '')), lower(?)) > 0")
+        args.append(text)
+    if serial is not None:
+        where.append("a.serial_number = ?")
+        args.append(serial)
+    return where, args
 
 
 def counts(conn: sqlite3.Connection) -> dict[tuple[str, str], int]:

@@ -26,7 +26,7 @@ import trio
 
 from appliance import clock as clocks
 from appliance.logs import get_logger
-from appliance.store import schema
+from appliance.store import schema, vacuum
 from appliance.store.faults import REASONS, Fault, StoreUnavailable, unavailable
 
 log = get_logger("store")
@@ -42,6 +42,11 @@ BUSY_TIMEOUT = 2.0
 QUEUE_DEADLINE = 5.0
 
 
+# The WAL file is cut back to this after a checkpoint: a burst of writes (a retention pass) does not
+# leave it at its largest for good.
+WAL_SIZE_LIMIT = 64 * 1024 * 1024
+
+
 def connect_sync(path: Path | str, synchronous: str = "FULL", migrate: bool = True, *,
                  busy_timeout: float = 30.0, create: bool = True) -> sqlite3.Connection:
     """Open the database the way the appliance does (pragmas + migrations); for the thread and the CLI.
@@ -55,13 +60,53 @@ def connect_sync(path: Path | str, synchronous: str = "FULL", migrate: bool = Tr
     try:
         conn.row_factory = sqlite3.Row
         conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+        if conn.execute("PRAGMA page_count").fetchone()[0] == 0:
+            # A new file: freed pages can be given back (appliance.store.vacuum) only if this mode is set
+            # before anything is written, WAL mode included.
+            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
         conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         conn.execute(f"PRAGMA synchronous={synchronous}")
         conn.execute("PRAGMA foreign_keys=ON")
         if migrate:
             schema.migrate(conn)
     except BaseException:
         conn.close()
+        raise
+    return conn
+
+
+def connect_readonly(path: Path | str) -> sqlite3.Connection:
+    """A connection that can only read, for figures next to a running server (`db stats`, the retention
+    worker's table counts): it takes no write lock and never migrates. Without a WAL file (no server has
+    the database open) the file is opened immutable, so nothing is created beside it (a -shm made by
+    another user would keep the service from opening its database)."""
+    path = Path(path).absolute()
+    wal = Path(f"{path}-wal").exists()
+    uri = path.as_uri() + ("?mode=ro" if wal else "?mode=ro&immutable=1")
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=5.0)
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+class DatabaseInUse(RuntimeError):
+    """Another process (a running appliance) has the database open."""
+
+
+def connect_exclusive(path: Path | str) -> sqlite3.Connection:
+    """The database alone, for work that must not run beside a server (`db vacuum`): in WAL mode an
+    exclusive lock is refused while any other connection has the file open, so a running appliance is
+    noticed rather than stalled. The lock is held until the connection closes."""
+    conn = sqlite3.connect(str(path), isolation_level=None, timeout=1.0)
+    conn.row_factory = sqlite3.Row
+    try:
+        conn.execute("PRAGMA locking_mode=EXCLUSIVE")
+        conn.execute("BEGIN EXCLUSIVE")
+        conn.execute("COMMIT")
+    except sqlite3.OperationalError as exc:
+        conn.close()
+        if "locked" in str(exc) or "busy" in str(exc):
+            raise DatabaseInUse(f"{path} is in use by another process") from None
         raise
     return conn
 
@@ -140,6 +185,7 @@ class Store:
             try:
                 # Start-up may wait the long timeout (a CLI command finishing); serving may not.
                 self._conn = connect_sync(self.path, self.synchronous)
+                vacuum.prepare(self._conn, self.path)
                 self._conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
             except BaseException as exc:  # reported to the opener, never swallowed
                 failure.append(exc)

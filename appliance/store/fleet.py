@@ -1,58 +1,40 @@
-"""Read queries for operators: devices with their channels, a device's commands, a command's per-enrollment
-status, and the fleet figures behind /metrics. Paging is by keyset cursor (stable while rows are added)."""
+"""Read queries for operators: a device with its channels, a device's commands, a command's per-enrollment
+status, and the fleet figures behind /metrics. Paging is by keyset cursor (stable while rows are added).
+Lists of devices are appliance.store.device_search."""
 
 from __future__ import annotations
 
 import sqlite3
+
+from appliance.store import groups, inventory
 
 # A queue row's state: "pending" (not offered yet), "sent" (offered, no answer yet), "NotNow" (the device
 # refused it for now; offered again later), "cancelled" (cancelled after it was sent; goes when the device answers).
 _QUEUE_STATUS = """CASE WHEN q.cancelled_at IS NOT NULL THEN 'cancelled' WHEN q.not_now_count > 0 THEN 'NotNow'
     WHEN q.sent_at IS NOT NULL THEN 'sent' ELSE 'pending' END"""
 
+HISTORY_SHOWN = 50  # newest OS and name changes in a device's record
+
 # SQLite allows 32766 bound parameters; stay well below for IN (...) lists.
 CHUNK = 5000
 
-_DEVICE_COLUMNS = """
+# A device's row in listings (appliance.store.device_search) and in its own record.
+DEVICE_COLUMNS = """
     d.id, d.serial_number, d.model, d.model_name, d.product_name, d.os_version, d.build_version,
     d.device_name, d.authenticated_at, d.created_at, d.updated_at,
     d.bootstrap_token IS NOT NULL AS has_bootstrap_token, d.unlock_token IS NOT NULL AS has_unlock_token,
     e.id IS NOT NULL AND e.token_update_count > 0 AS enrolled,
     coalesce(e.active, 0) AS active,
     e.enrolled_at, e.checked_out_at,
-    e.last_seen_at, e.last_push_at, e.last_push_result, e.last_push_error, e.token_invalid_at,
-    (SELECT count(*) FROM queue q JOIN enrollments c ON c.id = q.enrollment_id WHERE c.device_id = d.id
-          AND q.cancelled_at IS NULL)
-        AS pending_commands
+    e.last_seen_at, e.last_push_at, e.last_push_result, e.last_push_error, e.token_invalid_at
 """
-
-
-def list_devices(conn: sqlite3.Connection, *, serial: str | None = None, udid: str | None = None,
-                 active: bool | None = None, after: str | None = None, limit: int = 100) -> list[dict]:
-    """Devices ordered by id; `after` is the last id of the previous page."""
-    where, args = [], []
-    if serial is not None:
-        where.append("d.serial_number = ?")
-        args.append(serial)
-    if udid is not None:
-        where.append("d.id = ?")
-        args.append(udid)
-    if active is not None:
-        where.append("coalesce(e.active, 0) = ?")
-        args.append(1 if active else 0)
-    if after is not None:
-        where.append("d.id > ?")
-        args.append(after)
-    sql = f"SELECT {_DEVICE_COLUMNS} FROM devices d LEFT JOIN enrollments e ON e.id = d.id"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY d.id LIMIT ?"
-    return [_device(row) for row in conn.execute(sql, (*args, limit))]
+_PENDING = """(SELECT count(*) FROM queue q JOIN enrollments c ON c.id = q.enrollment_id WHERE c.device_id = d.id
+    AND q.cancelled_at IS NULL) AS pending_commands"""
 
 
 def device(conn: sqlite3.Connection, device_id: str) -> dict | None:
     row = conn.execute(
-        f"SELECT {_DEVICE_COLUMNS} FROM devices d LEFT JOIN enrollments e ON e.id = d.id WHERE d.id = ?",
+        f"SELECT {DEVICE_COLUMNS}, {_PENDING} FROM devices d LEFT JOIN enrollments e ON e.id = d.id WHERE d.id = ?",
         (device_id,),
     ).fetchone()
     if row is None:
@@ -72,6 +54,10 @@ def device(conn: sqlite3.Connection, device_id: str) -> dict | None:
         "SELECT sha256, subject, not_after, bound_at FROM cert_bindings WHERE device_id = ?", (device_id,)
     ).fetchone()
     found["identity_certificate"] = dict(binding) if binding else None
+    found["groups"] = groups.groups_of(conn, device_id)
+    # What inventory answers said (None until the first one), and the dated OS and name changes.
+    found["inventory"] = inventory.inventory(conn, device_id)
+    found["history"] = inventory.history(conn, device_id, limit=HISTORY_SHOWN)
     return found
 
 
@@ -103,12 +89,12 @@ def enrollment_commands(conn: sqlite3.Connection, some_id: str, *, after: tuple[
             SELECT q.enrollment_id, q.command_uuid, c.request_type,
                    {_QUEUE_STATUS} AS status,
                    q.cancelled_at IS NULL AS pending, q.created_at AS queued_at, q.sent_at, q.not_now_count, q.not_now_at,
-                   NULL AS received_at, NULL AS error_chain
+                   q.expires_at, NULL AS received_at, NULL AS error_chain
             FROM queue q JOIN commands c ON c.uuid = q.command_uuid
             WHERE q.enrollment_id IN {channels}
             UNION ALL
             SELECT r.enrollment_id, r.command_uuid, c.request_type, r.status, 0 AS pending,
-                   coalesce(r.queued_at, r.received_at) AS queued_at, NULL, NULL, NULL,
+                   coalesce(r.queued_at, r.received_at) AS queued_at, NULL, NULL, NULL, NULL,
                    r.received_at, r.error_chain
             FROM results r LEFT JOIN commands c ON c.uuid = r.command_uuid
             WHERE r.enrollment_id IN {channels}
@@ -146,11 +132,11 @@ def command_enrollments(conn: sqlite3.Connection, command_uuid: str, *, enrollme
     sql = f"""
         SELECT * FROM (
             SELECT q.enrollment_id, {_QUEUE_STATUS} AS status,
-                   q.created_at AS queued_at, q.sent_at, q.not_now_count, NULL AS received_at,
+                   q.created_at AS queued_at, q.sent_at, q.not_now_count, q.expires_at, NULL AS received_at,
                    NULL AS error_chain, NULL AS raw
             FROM queue q WHERE q.command_uuid = :uuid
             UNION ALL
-            SELECT r.enrollment_id, r.status, r.queued_at, NULL, NULL, r.received_at, r.error_chain, r.raw
+            SELECT r.enrollment_id, r.status, r.queued_at, NULL, NULL, NULL, r.received_at, r.error_chain, r.raw
             FROM results r WHERE r.command_uuid = :uuid
               AND NOT EXISTS (SELECT 1 FROM queue q2 WHERE q2.command_uuid = r.command_uuid
                                                       AND q2.enrollment_id = r.enrollment_id)

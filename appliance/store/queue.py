@@ -8,6 +8,9 @@ the same status may come twice and is stored once; FIFO per enrollment.
 NotNow: the device drops a command it answers NotNow to and polls again by itself only if NotNow was
 its last status, so after a NotNow we offer only commands not NotNow'd in this session (sessions are
 counted by the device's Idle reports in enrollments.idle_session) and otherwise end the session.
+
+Expiry: a queue row may carry expires_at. Past it the row is never offered again (next_command checks),
+and `expire` turns it into a result of status Expired; a device's own late answer still replaces that.
 """
 
 from __future__ import annotations
@@ -15,11 +18,15 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterable, Sequence
+from datetime import timedelta
 from typing import Any
 
+from appliance.store import timefmt
 from appliance.store.timefmt import now_text
 
 FINAL_STATUSES = frozenset({"Acknowledged", "Error", "CommandFormatError"})
+# Our own final status: nobody took the command to a final status before its queue row expired.
+EXPIRED = "Expired"
 UNKNOWN_ENROLLMENT = "unknown enrollment"
 _CHUNK = 500  # well under SQLite's bound-parameter limit
 # Stray reports kept per enrollment (the newest): enough to see what a confused device or script sent,
@@ -32,8 +39,9 @@ class CommandExists(Exception):
 
 
 def enqueue(conn: sqlite3.Connection, command_uuid: str, request_type: str, body: bytes,
-            enrollment_ids: Sequence[str]) -> dict[str, str | None]:
+            enrollment_ids: Sequence[str], *, ttl: float | None = None) -> dict[str, str | None]:
     """Store the command once and queue it to every known enrollment; per id None (queued) or an error.
+    ttl: seconds from now until the queue rows expire (None: never).
 
     When no id is known nothing is stored, so the UUID can be used again with the right ids."""
     if conn.execute("SELECT 1 FROM commands WHERE uuid = ?", (command_uuid,)).fetchone():
@@ -43,14 +51,16 @@ def enqueue(conn: sqlite3.Connection, command_uuid: str, request_type: str, body
     outcome = {eid: (None if eid in known else UNKNOWN_ENROLLMENT) for eid in ids}
     if not known:
         return outcome
-    now = now_text()
+    moment = timefmt.now()
+    queued_at = timefmt.to_text(moment)
+    expires_at = None if ttl is None else timefmt.to_text(moment + timedelta(seconds=ttl))
     conn.execute(
         "INSERT INTO commands (uuid, request_type, body, created_at) VALUES (?, ?, ?, ?)",
-        (command_uuid, request_type, bytes(body), now),
+        (command_uuid, request_type, bytes(body), queued_at),
     )
     conn.executemany(
-        "INSERT INTO queue (enrollment_id, command_uuid, created_at) VALUES (?, ?, ?)",
-        ((eid, command_uuid, now) for eid in ids if eid in known),
+        "INSERT INTO queue (enrollment_id, command_uuid, created_at, expires_at) VALUES (?, ?, ?, ?)",
+        ((eid, command_uuid, queued_at, expires_at) for eid in ids if eid in known),
     )
     return outcome
 
@@ -76,7 +86,8 @@ def start_session(conn: sqlite3.Connection, enrollment_id: str) -> None:
 _NEXT = """
 SELECT q.id, q.command_uuid, c.body
 FROM queue AS q JOIN commands AS c ON c.uuid = q.command_uuid
-WHERE q.enrollment_id = :enrollment AND q.cancelled_at IS NULL {not_now}
+WHERE q.enrollment_id = :enrollment AND q.cancelled_at IS NULL
+  AND (q.expires_at IS NULL OR q.expires_at > :now) {not_now}
 ORDER BY q.id LIMIT 1
 """
 _NEXT_ANY = _NEXT.format(not_now="")
@@ -91,11 +102,13 @@ def next_command(conn: sqlite3.Connection, enrollment_id: str, *, after_not_now:
 
     after_not_now: the device's last status was NotNow, so skip what it NotNow'd in this session."""
     sql = _NEXT_AFTER_NOT_NOW if after_not_now else _NEXT_ANY
-    row = conn.execute(sql, {"enrollment": enrollment_id}).fetchone()
+    moment = now_text()
+    # Expired rows are skipped even before the expiry worker has taken them off.
+    row = conn.execute(sql, {"enrollment": enrollment_id, "now": moment}).fetchone()
     if row is None:
         return None
     # sent_at tells cancel_command that the device may hold this command (its report must still count).
-    conn.execute("UPDATE queue SET sent_at = ? WHERE id = ?", (now_text(), row[0]))
+    conn.execute("UPDATE queue SET sent_at = ? WHERE id = ?", (moment, row[0]))
     return row[1], row[2]
 
 
@@ -118,17 +131,25 @@ def store_report(conn: sqlite3.Connection, enrollment_id: str, command_uuid: str
         ).fetchone()
         if taken is None:
             seen = conn.execute(
-                "SELECT 1 FROM results WHERE enrollment_id = ? AND command_uuid = ?", (enrollment_id, command_uuid)
+                "SELECT status FROM results WHERE enrollment_id = ? AND command_uuid = ?", (enrollment_id, command_uuid)
             ).fetchone()
+            if seen and seen[0] == EXPIRED:
+                # The device took the command before it expired and answers only now: its answer is the
+                # truth and replaces ours.
+                conn.execute(
+                    "UPDATE results SET status = ?, raw = ?, error_chain = ?, received_at = ? "
+                    "WHERE enrollment_id = ? AND command_uuid = ?",
+                    (status, bytes(raw), _chain(error_chain), now, enrollment_id, command_uuid),
+                )
+                return "stored"
             if seen:
                 return "duplicate"
             _keep_stray(conn, enrollment_id, command_uuid, status, raw, now)
             return "unknown"
-        chain = json.dumps(error_chain, default=str) if error_chain else None
         conn.execute(
             "INSERT INTO results (enrollment_id, command_uuid, status, raw, error_chain, queued_at, received_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (enrollment_id, command_uuid) DO NOTHING",
-            (enrollment_id, command_uuid, status, bytes(raw), chain, taken[1], now),
+            (enrollment_id, command_uuid, status, bytes(raw), _chain(error_chain), taken[1], now),
         )
         conn.execute("DELETE FROM queue WHERE id = ?", (taken[0],))
         return "stored"
@@ -150,6 +171,10 @@ def store_report(conn: sqlite3.Connection, enrollment_id: str, command_uuid: str
         _keep_stray(conn, enrollment_id, command_uuid, status, raw, now)
         return "unknown"
     raise ValueError(f"not a command status: {status!r}")
+
+
+def _chain(error_chain: list[Any] | None) -> str | None:
+    return json.dumps(error_chain, default=str) if error_chain else None
 
 
 def _keep_stray(conn: sqlite3.Connection, enrollment_id: str, command_uuid: str, status: str, raw: bytes,
@@ -195,9 +220,39 @@ def clear_device(conn: sqlite3.Connection, device_id: str) -> int:
     ).rowcount
 
 
+def cancel_pending(conn: sqlite3.Connection, enrollment_id: str, command_uuid: str) -> int:
+    """Take one command off one enrollment's queue; returns 1, or 0 when it was not pending there."""
+    return _take_off(conn, "enrollment_id = ? AND command_uuid = ?", (enrollment_id, command_uuid))
+
+
 def cancel_command(conn: sqlite3.Connection, command_uuid: str) -> int:
     """Take one command off every queue it is pending on; returns how many rows."""
     return _take_off(conn, "command_uuid = ?", (command_uuid,))
+
+
+def expire(conn: sqlite3.Connection, moment: str, limit: int) -> list[dict[str, Any]]:
+    """Take up to `limit` queue rows whose expiry has come (expires_at <= moment) off their queues, oldest
+    expiry first. Each becomes a result of status Expired, unless it was cancelled (then it just goes).
+    Returns the Expired ones with what an event about them needs; fewer than `limit` means none are left."""
+    rows = conn.execute(
+        "SELECT q.id, q.enrollment_id, q.command_uuid, q.created_at, q.sent_at, q.not_now_count, q.expires_at, "
+        "q.cancelled_at, c.request_type, e.device_id, e.type AS enrollment_type "
+        "FROM queue q JOIN commands c ON c.uuid = q.command_uuid JOIN enrollments e ON e.id = q.enrollment_id "
+        "WHERE q.expires_at <= ? ORDER BY q.expires_at LIMIT ?",
+        (moment, limit),
+    ).fetchall()
+    conn.executemany("DELETE FROM queue WHERE id = ?", [(row["id"],) for row in rows])
+    expired = [dict(row) for row in rows if row["cancelled_at"] is None]
+    conn.executemany(
+        "INSERT INTO results (enrollment_id, command_uuid, status, raw, error_chain, queued_at, received_at) "
+        "VALUES (?, ?, ?, x'', NULL, ?, ?) ON CONFLICT (enrollment_id, command_uuid) DO NOTHING",
+        [(row["enrollment_id"], row["command_uuid"], EXPIRED, row["created_at"], moment) for row in expired],
+    )
+    return expired
+
+
+def next_expiry(conn: sqlite3.Connection) -> str | None:
+    return conn.execute("SELECT min(expires_at) FROM queue WHERE expires_at IS NOT NULL").fetchone()[0]
 
 
 # --- listings (read) -------------------------------------------------------------------------------
@@ -205,8 +260,8 @@ def cancel_command(conn: sqlite3.Connection, command_uuid: str) -> int:
 def pending(conn: sqlite3.Connection, enrollment_id: str, limit: int = 1000) -> list[dict[str, Any]]:
     """The enrollment's queue in the order it will be offered."""
     rows = conn.execute(
-        "SELECT q.command_uuid, c.request_type, q.created_at, q.sent_at, q.not_now_count, q.not_now_at "
-        "FROM queue q JOIN commands c ON c.uuid = q.command_uuid "
+        "SELECT q.command_uuid, c.request_type, q.created_at, q.sent_at, q.not_now_count, q.not_now_at, "
+        "q.expires_at FROM queue q JOIN commands c ON c.uuid = q.command_uuid "
         "WHERE q.enrollment_id = ? AND q.cancelled_at IS NULL ORDER BY q.id LIMIT ?",
         (enrollment_id, limit),
     ).fetchall()
@@ -282,3 +337,35 @@ def queue_depths(conn: sqlite3.Connection, enrollment_ids: Iterable[str]) -> dic
         ):
             depths[row[0]] = row[1]
     return depths
+
+
+def stuck(conn: sqlite3.Connection, threshold: int, *, after: str | None = None, limit: int = 100
+          ) -> list[dict[str, Any]]:
+    """Devices with a pending command NotNow'd more than `threshold` times, by device id (`after`: the
+    last device id of the previous page), each with those commands, most NotNow'd first."""
+    rows = conn.execute(
+        "SELECT e.device_id, q.enrollment_id, q.command_uuid, c.request_type, q.not_now_count, q.not_now_at, "
+        "q.created_at AS queued_at, q.expires_at "
+        "FROM queue q JOIN enrollments e ON e.id = q.enrollment_id JOIN commands c ON c.uuid = q.command_uuid "
+        "WHERE q.not_now_count > :threshold AND q.cancelled_at IS NULL AND e.device_id IN ("
+        "  SELECT DISTINCT e2.device_id FROM queue q2 JOIN enrollments e2 ON e2.id = q2.enrollment_id"
+        "  WHERE q2.not_now_count > :threshold AND q2.cancelled_at IS NULL AND e2.device_id > :after"
+        "  ORDER BY e2.device_id LIMIT :limit) "
+        "ORDER BY e.device_id, q.not_now_count DESC, q.id",
+        {"threshold": threshold, "after": after or "", "limit": limit},
+    ).fetchall()
+    devices: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        entry = devices.setdefault(row["device_id"], {"device_id": row["device_id"], "commands": []})
+        command_row = dict(row)
+        del command_row["device_id"]
+        entry["commands"].append(command_row)
+    return list(devices.values())
+
+
+def stuck_count(conn: sqlite3.Connection, threshold: int) -> int:
+    """How many devices stuck() would list (for /metrics)."""
+    return conn.execute(
+        "SELECT count(DISTINCT e.device_id) FROM queue q JOIN enrollments e ON e.id = q.enrollment_id "
+        "WHERE q.not_now_count > ? AND q.cancelled_at IS NULL", (threshold,)
+    ).fetchone()[0]

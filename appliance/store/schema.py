@@ -18,6 +18,10 @@ COMPONENTS = [
     "appliance.store.push_schema",
     "appliance.store.ddm_schema",
     "appliance.store.renewal_schema",
+    "appliance.store.retention_schema",
+    "appliance.store.console_schema",
+    "appliance.store.inventory_schema",
+    "appliance.store.groups_schema",
     "appliance.store.abm_schema",
 ]
 

@@ -21,7 +21,7 @@ from quart import Blueprint, Response, jsonify, request
 from appliance.identity import abm_token
 from appliance.store import abm as abm_store
 from appliance.store.timefmt import now, to_text
-from appliance.web.api import _arg, _bool_arg, _cursor, _encode_cursor, _flag, _json_object, _limit
+from appliance.web.api import _arg, _bool_arg, _cursor, _encode_cursor, _flag, _limit, json_object
 from appliance.web.app import runtime
 from appliance.web.auth import require_api_key
 from appliance.web.errors import ApiError
@@ -195,7 +195,7 @@ async def get_device(serial: str):
 
 
 async def _serials() -> list[str]:
-    document = await _json_object()
+    document = await json_object()
     serials = document.get("serials")
     unknown = set(document) - {"serials"}
     if unknown:

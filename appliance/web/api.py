@@ -13,13 +13,14 @@ import json
 
 from quart import Blueprint, Response, jsonify, request
 
+from appliance.config import parse_duration
 from appliance.protocol import catalog, plist
 from appliance.protocol import commands as command_rules
 from appliance.protocol.errors import MessageError
 from appliance.protocol.plistjson import JsonPlistError, to_json
 from appliance.service import commands
 from appliance.store import abm as abm_store
-from appliance.store import fleet, queue
+from appliance.store import device_filter, device_search, fleet, groups, queue
 from appliance.web.app import runtime
 from appliance.web.auth import require_api_key
 from appliance.web.errors import ApiError
@@ -28,6 +29,8 @@ blueprint = Blueprint("api", __name__)
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
+MAX_TTL = 3650 * 86400.0
+MAX_SEARCH_TEXT = 200
 
 
 # --- enqueue ---------------------------------------------------------------------------------------
@@ -49,7 +52,7 @@ async def enqueue_raw(ids: str):
 @require_api_key
 async def enqueue_json():
     """{"enrollment_ids": [...], "command": {"RequestType": ..., ...}, "command_uuid"?, "no_push"?}."""
-    document = await _json_object()
+    document = await json_object()
     unknown = set(document) - {"enrollment_ids", "command", "command_uuid", "no_push"}
     if unknown:
         raise ApiError(400, "bad_request", f"unknown field(s): {', '.join(sorted(unknown))}")
@@ -69,6 +72,7 @@ async def enqueue_json():
 
 
 async def _enqueue(command: command_rules.Command, enrollment_ids: list[str], no_push: bool):
+    ttl = _ttl()
     if _flag("strict"):
         # Opt-in: any raw command stays accepted without it (NanoMDM compatibility).
         try:
@@ -76,7 +80,7 @@ async def _enqueue(command: command_rules.Command, enrollment_ids: list[str], no
         except catalog.CatalogError as exc:
             raise ApiError(400, "bad_command", str(exc)) from None
     try:
-        code, answer = await commands.enqueue(runtime(), command, enrollment_ids, no_push=no_push)
+        code, answer = await commands.enqueue(runtime(), command, enrollment_ids, no_push=no_push, ttl=ttl)
     except commands.DuplicateCommand as exc:
         raise ApiError(409, "command_exists", str(exc)) from None
     return jsonify(answer), code
@@ -94,36 +98,85 @@ async def get_catalog():
 @blueprint.get("/v1/devices")
 @require_api_key
 async def list_devices():
-    """Devices by id, then the devices Apple Business Manager assigned to us that have not enrolled yet (by
-    serial number, id null): the cursor says which part a page continues."""
-    limit = _limit()
-    after = _cursor((str, list))
-    if isinstance(after, list) and (len(after) != 2 or after[0] != "abm" or not isinstance(after[1], str)):
-        raise ApiError(400, "bad_cursor", "cursor is not one this API handed out")
-    # Read every argument here: the query runs on the store's thread, outside the request context.
-    filters = {"serial": _arg("serial"), "udid": _arg("udid"), "active": _bool_arg("active")}
+    """Devices matching ?q= (text), ?filter= (the device filter language), ?group=, ?serial=, ?udid=,
+    ?active=, sorted by ?sort= (?order=asc|desc), a page of ?limit= at a time. A plain listing by id goes on
+    with the devices Apple Business Manager assigned to us that have not enrolled yet (id null, by serial
+    number): its cursor is then {"abm": last serial number}."""
+    active = _bool_arg("active")
+    sort = _arg("sort") or "id"
+    if sort not in device_search.SORTS:
+        raise ApiError(400, "bad_parameter", f"?sort= must be one of {', '.join(device_search.SORTS)}")
+    order = _arg("order") or "asc"
+    if order not in ("asc", "desc"):
+        raise ApiError(400, "bad_parameter", "?order= must be asc or desc")
+    text = _arg("q")
+    if text is not None and len(text) > MAX_SEARCH_TEXT:
+        raise ApiError(400, "bad_parameter", f"?q= is longer than {MAX_SEARCH_TEXT} characters")
+    cursor = _cursor((list, str, dict))
+    abm_after = _abm_cursor(cursor)
+    query = device_search.DeviceQuery(
+        text=text, state="all" if active is None else "active" if active else "inactive",
+        filter=_device_filter(_arg("filter")), group=_arg("group"), serial=_arg("serial"), udid=_arg("udid"),
+        sort=sort, descending=order == "desc", after=None if abm_after is not None else _sort_cursor(sort, cursor),
+        limit=_limit())
+    if query.group is not None and await runtime().store.read(groups.get, query.group) is None:
+        raise ApiError(404, "group_not_found", f"no group named {query.group!r}")
+    # Devices not enrolled yet have no facts to filter, group or sort on: only a plain listing shows them.
+    with_abm = (query.filter is None and query.group is None and sort == "id" and order == "asc"
+                and query.udid is None and active is not True)
 
-    def read(conn) -> list[dict]:
-        rows: list[dict] = []
-        if not isinstance(after, list):
-            rows = fleet.list_devices(conn, **filters, after=after, limit=limit + 1)
-        if len(rows) <= limit and filters["udid"] is None and filters["active"] is not True:
-            rows += abm_store.unenrolled_devices(conn, serial=filters["serial"], limit=limit + 1 - len(rows),
-                                                 after=after[1] if isinstance(after, list) else None)
-        return rows
+    def read(conn) -> tuple[list[dict], int, str | list | dict | None]:
+        devices, total, next_cursor = [], 0, None
+        if abm_after is None:
+            page = device_search.search(conn, query)
+            devices, total = page.devices, page.total
+            next_cursor = list(page.next_after) if page.next_after else None
+        if with_abm and next_cursor is None and len(devices) < query.limit:
+            rows = abm_store.unenrolled_devices(conn, text=text, serial=query.serial, after=abm_after,
+                                                limit=query.limit + 1 - len(devices))
+            room = query.limit - len(devices)
+            devices += rows[:room]
+            total += abm_store.count_unenrolled(conn, text=text, serial=query.serial)
+            if len(rows) > room:
+                next_cursor = {"abm": devices[-1]["serial_number"]}
+        return devices, total, next_cursor
 
-    rows = await runtime().store.read(read)
-    page, more = rows[:limit], len(rows) > limit
-    identities = await runtime().renewals.describe([row["id"] for row in page if row["id"] is not None])
-    for row in page:
-        identity = identities.get(row["id"])
+    devices, total, next_cursor = await runtime().store.read(read)
+    identities = await runtime().renewals.describe([row["id"] for row in devices if row["id"] is not None])
+    for row in devices:
+        row.pop("sort_key", None)
+        identity = identities.get(row["id"]) if row["id"] is not None else None
         row["identity_not_after"] = identity["not_after"] if identity else None
         row["identity_renewal"] = identity["renewal"]["state"] if identity else None
-    cursor = None
-    if more:
-        last = page[-1]
-        cursor = _encode_cursor(last["id"] if last["id"] is not None else ["abm", last["serial_number"]])
-    return jsonify({"devices": page, "next_cursor": cursor})
+    return jsonify({"devices": devices, "total": total,
+                    "next_cursor": _encode_cursor(next_cursor) if next_cursor else None})
+
+
+def _abm_cursor(cursor) -> str | None:
+    if not isinstance(cursor, dict):
+        return None
+    if list(cursor) != ["abm"] or not isinstance(cursor["abm"], str):
+        raise ApiError(400, "bad_cursor", "cursor is not one this API handed out")
+    return cursor["abm"]
+
+def _device_filter(text: str | None):
+    if text is None:
+        return None
+    try:
+        return device_filter.parse(text)
+    except device_filter.FilterError as exc:
+        raise ApiError(400, "bad_filter", f"?filter= {exc}", position=exc.position) from None
+
+
+def _sort_cursor(sort: str, after) -> tuple[str, str] | None:
+    """[sort key, id] as handed out; a plain id is what this API handed out before sorting existed."""
+    if isinstance(after, str) and sort == "id":
+        return after, after
+    if isinstance(after, list) and len(after) == 2 and all(isinstance(part, str) for part in after):
+        return after[0], after[1]
+    if after is not None:
+        raise ApiError(400, "bad_cursor", "cursor is not one this API handed out for this sort")
+    return None
 
 
 @blueprint.get("/v1/devices/<device_id>")
@@ -184,6 +237,24 @@ async def clear_queue(enrollment_id: str):
     return jsonify({"enrollment_id": enrollment_id, "cleared": cleared})
 
 
+@blueprint.delete("/v1/devices/<enrollment_id>/queue/<command_uuid>")
+@require_api_key
+async def cancel_pending(enrollment_id: str, command_uuid: str):
+    """One command off one enrollment's queue (DELETE /v1/commands/UUID cancels it everywhere)."""
+    def cancel(conn):
+        if not fleet.enrollment_exists(conn, enrollment_id):
+            return None
+        return queue.cancel_pending(conn, enrollment_id, command_uuid)
+
+    cancelled = await runtime().store.write(cancel)
+    if cancelled is None:
+        raise ApiError(404, "enrollment_not_found", f"no enrollment with id {enrollment_id!r}")
+    if not cancelled:
+        raise ApiError(404, "command_not_pending",
+                       f"command {command_uuid!r} is not pending on {enrollment_id!r} (answered, cancelled or never queued)")
+    return jsonify({"enrollment_id": enrollment_id, "command_uuid": command_uuid, "cancelled": cancelled})
+
+
 # --- commands --------------------------------------------------------------------------------------
 
 @blueprint.get("/v1/commands/<command_uuid>")
@@ -201,12 +272,13 @@ async def get_command(command_uuid: str):
         rows = fleet.command_enrollments(conn, command_uuid, enrollment_id=only, after=after,
                                          limit=2 if as_plist else limit + 1)
         counts = None if as_plist else fleet.command_counts(conn, command_uuid)
-        return found, rows, counts
+        targeted = None if as_plist else groups.command_groups(conn, command_uuid)
+        return found, rows, counts, targeted
 
     got = await runtime().store.read(read)
     if got is None:
         raise ApiError(404, "command_not_found", f"no command with uuid {command_uuid!r}")
-    found, rows, counts = got
+    found, rows, counts, targeted = got
     if as_plist:
         return _raw_result(command_uuid, rows, only)
     page, more = rows[:limit], len(rows) > limit
@@ -216,6 +288,8 @@ async def get_command(command_uuid: str):
         "created_at": found["created_at"],
         "command": _plist_json(found["body"]),
         "counts": counts,
+        # Groups it was enqueued to (group:NAME), with their members at that moment.
+        "groups": targeted,
         "enrollments": [_enrollment_status(row) for row in page],
         "next_cursor": _encode_cursor(page[-1]["enrollment_id"]) if more else None,
     })
@@ -235,8 +309,27 @@ async def cancel_command(command_uuid: str):
     return jsonify({"command_uuid": command_uuid, "cancelled": cancelled})
 
 
+@blueprint.get("/v1/queue/stuck")
+@require_api_key
+async def stuck_devices():
+    """Devices with a pending command NotNow'd more than ?threshold= times ([queue] not_now_threshold)."""
+    rt = runtime()
+    limit, after = _limit(), _cursor(str)
+    value = _arg("threshold")
+    if value is None:
+        threshold = rt.config.queue.not_now_threshold
+    elif value.isdigit() and 0 <= int(value) <= 1_000_000:
+        threshold = int(value)
+    else:
+        raise ApiError(400, "bad_parameter", "?threshold= must be a whole number from 0 to 1000000")
+    rows = await rt.store.read(lambda conn: queue.stuck(conn, threshold, after=after, limit=limit + 1))
+    page, more = rows[:limit], len(rows) > limit
+    return jsonify({"threshold": threshold, "devices": page,
+                    "next_cursor": _encode_cursor(page[-1]["device_id"]) if more else None})
+
+
 def _raw_result(command_uuid: str, rows, only: str | None) -> Response:
-    finished = [row for row in rows if row["raw"] is not None]
+    finished = [row for row in rows if row["raw"]]  # Expired has no answer of the device (empty raw)
     if not finished:
         raise ApiError(404, "result_not_found",
                        f"no result for command {command_uuid!r}" + (f" from {only!r}" if only else "") + " yet")
@@ -255,9 +348,10 @@ def _enrollment_status(row) -> dict:
         "queued_at": row["queued_at"],
         "sent_at": row["sent_at"],
         "not_now_count": row["not_now_count"],
+        "expires_at": row["expires_at"],
         "received_at": row["received_at"],
         "error_chain": _chain(row["error_chain"]),
-        "result": _plist_json(row["raw"]) if row["raw"] is not None else None,
+        "result": _plist_json(row["raw"]) if row["raw"] else None,  # none while pending, or Expired
     }
     return entry
 
@@ -305,6 +399,22 @@ def _bool_arg(name: str) -> bool | None:
     raise ApiError(400, "bad_parameter", f"?{name}= must be true or false")
 
 
+def _ttl() -> float | None:
+    """?ttl=: how long the command may wait for a final status before it expires ("3600", "12h", "7d";
+    0: never). None when absent: [queue] command_ttl applies."""
+    value = _arg("ttl")
+    if value is None:
+        return None
+    try:
+        seconds = parse_duration(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= MAX_TTL:
+        raise ApiError(400, "bad_parameter", "?ttl= must be a duration from 0 (never expires) to 3650d, in seconds "
+                       "or like \"12h\", \"7d\"")
+    return seconds
+
+
 def _format() -> bool:
     value = _arg("format")
     if value is None or value == "json":
@@ -340,7 +450,7 @@ def _cursor(kind: type):
     return value
 
 
-async def _json_object() -> dict:
+async def json_object() -> dict:
     data = await request.get_data()
     try:
         document = json.loads(data)

@@ -29,8 +29,11 @@ BLUEPRINTS = [
     ("appliance.web.abm_api", "api"),
     ("appliance.web.api", "api"),
     ("appliance.web.ddm_api", "api"),
+    ("appliance.web.groups_api", "api"),
     ("appliance.web.openapi", "api"),
     ("appliance.web.metrics", "common"),
+    ("appliance.web.audit_api", "api"),
+    ("appliance.web.console", "api"),
 ]
 
 ALL_ROLES = frozenset({"device", "api", "common"})
@@ -69,7 +72,7 @@ def create_app(rt: Runtime, roles: frozenset[str] = ALL_ROLES) -> Quart:
     async def _http_error(exc: HTTPException) -> Response:
         if _is_api(request.path) or isinstance(exc, ApiError):  # ApiError: /metrics too
             return api_error(exc.code or 500, getattr(exc, "error_code", None) or slug(exc), exc.description or "",
-                             getattr(exc, "retry_after", None))
+                             getattr(exc, "retry_after", None), **getattr(exc, "details", {}))
         return text_error(exc.code or 500, exc.description or exc.name)
 
     @app.errorhandler(StoreUnavailable)

@@ -12,21 +12,22 @@ from appliance.store.faults import StoreUnavailable
 
 
 class ApiError(HTTPException):
-    """Raise from a /v1 handler: answered as JSON with a stable code."""
+    """Raise from a /v1 handler: answered as JSON with a stable code (and any details, e.g. a position)."""
 
-    def __init__(self, status: int, code: str, message: str, retry_after: int | None = None) -> None:
+    def __init__(self, status: int, code: str, message: str, retry_after: int | None = None, **details) -> None:
         super().__init__(description=message)
         self.code = status
         self.error_code = code
         self.message = message
         self.retry_after = retry_after
+        self.details = details
 
     def get_response(self, environ=None, scope=None) -> Response:  # noqa: ARG002
-        return api_error(self.code, self.error_code, self.message, self.retry_after)
+        return api_error(self.code, self.error_code, self.message, self.retry_after, **self.details)
 
 
-def api_error(status: int, code: str, message: str, retry_after: int | None = None) -> Response:
-    body = json.dumps({"error": {"code": code, "message": message}})
+def api_error(status: int, code: str, message: str, retry_after: int | None = None, **details) -> Response:
+    body = json.dumps({"error": {"code": code, "message": message, **details}})
     return _retry_after(Response(body, status=status, content_type="application/json"), retry_after)
 
 

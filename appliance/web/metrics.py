@@ -8,7 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from quart import Blueprint, Response
 
 from appliance.service.renewal import EXPIRY_WARNING
-from appliance.store import ddm, fleet, outbox
+from appliance.store import ddm, fleet, outbox, queue
 from appliance.store import renewal as renewal_store
 from appliance.store.faults import StoreUnavailable
 from appliance.store.timefmt import now, to_text
@@ -18,8 +18,9 @@ from appliance.web.auth import require_api_key
 blueprint = Blueprint("metrics", __name__)
 
 
-def _snapshot(conn, results_rowid: int, ca_subject: str, expiry_warning: str) -> dict:
+def _snapshot(conn, results_rowid: int, ca_subject: str, expiry_warning: str, not_now_threshold: int) -> dict:
     snap = fleet.snapshot(conn)
+    snap["devices_stuck"] = queue.stuck_count(conn, not_now_threshold)
     box = outbox.stats(conn)
     snap["outbox_depth"] = box["depth"]
     snap["outbox_oldest"] = box["oldest_created_at"]
@@ -41,7 +42,8 @@ async def metrics():
         try:
             collector.update(await rt.store.read(_snapshot, collector.results_rowid,
                                                  rt.ca.certificate.subject.rfc4514_string(),
-                                                 to_text(now() + EXPIRY_WARNING)))
+                                                 to_text(now() + EXPIRY_WARNING),
+                                                 rt.config.queue.not_now_threshold))
         except StoreUnavailable:
             pass  # the database figures stay those of the last scrape; mdm_store_status says why
         body = rt.metrics.render()

@@ -6,6 +6,7 @@ from __future__ import annotations
 from quart import Blueprint, jsonify
 
 from appliance import __version__
+from appliance.store.device_search import SORTS
 from appliance.web import openapi_ddm
 
 blueprint = Blueprint("openapi", __name__)
@@ -56,10 +57,20 @@ _ABM_NAME = {"name": "name", "in": "path", "required": True,
              "schema": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"},
              "description": "The ABM server entry's name (yours to choose, e.g. \"main\")."}
 _UUID = {"name": "command_uuid", "in": "path", "required": True, "schema": {"type": "string"}}
+GROUP_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+_GROUP = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"},
+          "description": "The group's name (any case)."}
 _STRICT = {"name": "strict", "in": "query", "required": False, "schema": {"type": "string"},
            "description": "Any value but empty/0/false: check the command against GET /v1/catalog (RequestType, "
                           "key names, types, allowed values, required keys) and answer 400 naming the key "
                           "that does not fit. Without it any command is queued, as NanoMDM does."}
+
+# The pattern is a subset that always fits the 3650-day bound; the server also takes decimals.
+_TTL = {"name": "ttl", "in": "query", "required": False,
+        "schema": {"type": "string", "pattern": r"^[0-9]{1,8}s?$|^[0-9]{1,6}m$|^[0-9]{1,4}h$|^[0-9]{1,3}d$"},
+        "description": "How long the command may wait for a final status on each enrollment before it is taken "
+                       "off that queue as Expired: seconds or a duration like \"12h\", \"7d\" (at most 3650d); "
+                       "0: it never expires. Default: [queue] command_ttl (30 days)."}
 
 _ENQUEUE_ANSWER = {
     "200": _json(_ref("EnqueueAnswer"), "Every id queued (and pushed, or its push scheduled)."),
@@ -81,7 +92,9 @@ SCHEMAS: dict = {
         "type": "object", "required": ["error"],
         "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {
             "code": {"type": "string", "description": "Stable machine code, e.g. command_exists."},
-            "message": {"type": "string"}}}},
+            "message": {"type": "string"},
+            "position": {"type": "integer", "description": "bad_filter: the 1-based character of the filter "
+                         "where the problem is."}}}},
     },
     "EnrollmentOutcome": {
         "type": "object",
@@ -183,6 +196,7 @@ SCHEMAS: dict = {
             "identity_not_after": _nullable("string", description="When the bound identity certificate "
                                             "expires (null: none bound)."),
             "identity_renewal": _nullable("string", description="Its renewal state (see IdentityRenewal)."),
+            "last_inventory_at": _nullable("string", description="In lists: the newest inventory answer."),
         },
     },
     "IdentityRenewal": {
@@ -232,12 +246,93 @@ SCHEMAS: dict = {
                     "not_before": _nullable("string"), "not_after": _nullable("string"),
                     "bound_at": {"type": "string"}, "days_left": _nullable("number"),
                     "renewal": _ref("IdentityRenewal")}},
+                "groups": {"type": "array", "items": {"type": "string"}, "description": "Groups it is in."},
+                "inventory": {"allOf": [_ref("Inventory")], "nullable": True,
+                              "description": "What its inventory answers said; null until the first."},
+                "history": {"type": "array", "items": _ref("FactChange"),
+                            "description": "Dated OS version, build and name changes, newest first (50)."},
             }}],
+    },
+    "Inventory": {
+        "type": "object",
+        "description": "Facts with a column of their own (null when never reported), when each answer came, the "
+                       "whole DeviceInformation and SecurityInfo answers as JSON, and the lists last reported.",
+        "properties": {
+            "model_number": _nullable("string"), "device_capacity": _nullable("number", description="GB"),
+            "available_capacity": _nullable("number", description="GB"),
+            "battery_level": _nullable("number", description="0.0-1.0"),
+            **{flag: _nullable("boolean") for flag in (
+                "supervised", "activation_lock", "passcode_present", "passcode_compliant", "filevault",
+                "enrolled_via_dep", "user_approved_enrollment")},
+            **{at: _nullable("string") for at in (
+                "inventory_at", "device_information_at", "security_info_at", "profiles_at", "certificates_at",
+                "applications_at")},
+            "device_information": {"type": "object", "nullable": True},
+            "security_info": {"type": "object", "nullable": True},
+            "profiles": {"type": "array", "items": {"type": "object", "properties": {
+                "identifier": {"type": "string"}, "uuid": _nullable("string"), "display_name": _nullable("string"),
+                "organization": _nullable("string"), "version": _nullable("integer"),
+                "managed": _nullable("boolean"), "encrypted": _nullable("boolean"),
+                "removal_disallowed": _nullable("boolean"),
+                "payload_types": {"type": "array", "items": {"type": "string"}}}}},
+            "certificates": {"type": "array", "items": {"type": "object", "properties": {
+                "common_name": _nullable("string"), "is_identity": _nullable("boolean"), "sha256": {"type": "string"},
+                "subject": _nullable("string"), "issuer": _nullable("string"), "not_after": _nullable("string")}}},
+            "applications": {"type": "array", "items": {"type": "object", "properties": {
+                "identifier": _nullable("string"), "name": _nullable("string"), "short_version": _nullable("string"),
+                "version": _nullable("string"), "bundle_size": _nullable("integer"),
+                "installing": _nullable("boolean")}}},
+        },
+    },
+    "FactChange": {
+        "type": "object", "required": ["fact", "source", "changed_at"],
+        "properties": {"fact": {"type": "string", "enum": ["os_version", "build_version", "device_name"]},
+                       "old_value": _nullable("string"), "new_value": _nullable("string"),
+                       "source": {"type": "string", "enum": ["Authenticate", "DeviceInformation"]},
+                       "changed_at": {"type": "string"}},
     },
     "DevicePage": {
         "type": "object", "required": ["devices", "next_cursor"],
         "properties": {"devices": {"type": "array", "items": _ref("Device")},
+                       "total": {"type": "integer", "description": "Devices matching, on all pages."},
                        "next_cursor": _nullable("string")},
+    },
+    "Group": {
+        "type": "object", "required": ["name", "kind", "member_count"],
+        "properties": {"name": {"type": "string"}, "kind": {"type": "string", "enum": ["static", "dynamic"]},
+                       "filter": _nullable("string"), "description": _nullable("string"),
+                       "member_count": {"type": "integer"}, "created_at": {"type": "string"},
+                       "updated_at": {"type": "string"}},
+    },
+    "GroupList": {"type": "object", "required": ["groups"],
+                  "properties": {"groups": {"type": "array", "items": _ref("Group")}}},
+    "NewGroup": {
+        "type": "object", "required": ["name"], "additionalProperties": False,
+        "properties": {"name": {"type": "string", "pattern": GROUP_NAME},
+                       "filter": {"type": "string", "description": "Makes it dynamic: the device filter "
+                                  "language over inventory facts (README, \"Searching devices\")."},
+                       "description": {"type": "string", "maxLength": 500}},
+    },
+    "GroupChange": {
+        "type": "object", "additionalProperties": False,
+        "properties": {"filter": {"type": "string", "description": "Dynamic groups only."},
+                       "description": {"type": "string", "maxLength": 500, "description": "\"\" removes it."}},
+    },
+    "GroupMembership": {
+        "type": "object", "required": ["name", "member_count"],
+        "properties": {"name": {"type": "string"}, "added": {"type": "integer"}, "removed": {"type": "integer"},
+                       "member_count": {"type": "integer"}},
+    },
+    "GroupDeleted": {
+        "type": "object", "required": ["name", "deleted", "members_removed"],
+        "properties": {"name": {"type": "string"}, "deleted": {"type": "boolean"},
+                       "members_removed": {"type": "integer"}},
+    },
+    "CommandGroup": {
+        "type": "object", "required": ["name", "kind", "members"],
+        "properties": {"name": {"type": "string"}, "kind": {"type": "string"}, "filter": _nullable("string"),
+                       "members": {"type": "array", "items": {"type": "string"}},
+                       "recorded_at": {"type": "string"}},
     },
     "DeviceCommand": {
         "type": "object", "required": ["enrollment_id", "command_uuid", "status", "pending", "queued_at"],
@@ -245,10 +340,11 @@ SCHEMAS: dict = {
             "enrollment_id": {"type": "string"}, "command_uuid": {"type": "string"},
             "request_type": _nullable("string"),
             "status": {"type": "string", "description": "pending, sent, NotNow, cancelled (still queued) or "
-                       "Acknowledged, Error, CommandFormatError (final)."},
+                       "Acknowledged, Error, CommandFormatError, Expired (final)."},
             "pending": {"type": "boolean"}, "queued_at": {"type": "string"},
             "sent_at": _nullable("string"), "not_now_count": _nullable("integer"),
-            "not_now_at": _nullable("string"), "received_at": _nullable("string"),
+            "not_now_at": _nullable("string"), "expires_at": _nullable("string"),
+            "received_at": _nullable("string"),
             "error_chain": {"nullable": True},
         },
     },
@@ -262,10 +358,12 @@ SCHEMAS: dict = {
         "properties": {
             "enrollment_id": {"type": "string"}, "status": {"type": "string"},
             "queued_at": _nullable("string"), "sent_at": _nullable("string"),
-            "not_now_count": _nullable("integer"), "received_at": _nullable("string"),
+            "not_now_count": _nullable("integer"), "expires_at": _nullable("string"),
+            "received_at": _nullable("string"),
             "error_chain": {"nullable": True},
             "result": {"type": "object", "nullable": True,
-                       "description": "The device's report as JSON (data as {\"$data\": base64})."},
+                       "description": "The device's report as JSON (data as {\"$data\": base64}); null while "
+                                      "pending and for Expired."},
         },
     },
     "CommandDetail": {
@@ -276,7 +374,30 @@ SCHEMAS: dict = {
             "created_at": {"type": "string"}, "command": {"type": "object"},
             "counts": {"type": "object", "additionalProperties": {"type": "integer"},
                        "description": "pending plus one count per final status."},
+            "groups": {"type": "array", "items": _ref("CommandGroup"), "nullable": True,
+                       "description": "The groups it was enqueued to (group:NAME), with their members then."},
             "enrollments": {"type": "array", "items": _ref("CommandEnrollment")},
+            "next_cursor": _nullable("string"),
+        },
+    },
+    "StuckCommand": {
+        "type": "object", "required": ["enrollment_id", "command_uuid", "not_now_count"],
+        "properties": {
+            "enrollment_id": {"type": "string"}, "command_uuid": {"type": "string"},
+            "request_type": {"type": "string"}, "not_now_count": {"type": "integer"},
+            "not_now_at": _nullable("string"), "queued_at": {"type": "string"}, "expires_at": _nullable("string"),
+        },
+    },
+    "StuckPage": {
+        "type": "object", "required": ["threshold", "devices", "next_cursor"],
+        "properties": {
+            "threshold": {"type": "integer"},
+            "devices": {"type": "array", "items": {
+                "type": "object", "required": ["device_id", "commands"],
+                "properties": {"device_id": {"type": "string"},
+                               "commands": {"type": "array", "items": _ref("StuckCommand"),
+                                            "description": "Its commands NotNow'd more than threshold "
+                                                           "times, most NotNow'd first."}}}},
             "next_cursor": _nullable("string"),
         },
     },
@@ -284,6 +405,26 @@ SCHEMAS: dict = {
         "enrollment_id": {"type": "string"}, "cleared": {"type": "integer"}}},
     "Cancelled": {"type": "object", "required": ["command_uuid", "cancelled"], "properties": {
         "command_uuid": {"type": "string"}, "cancelled": {"type": "integer"}}},
+    "CancelledPending": {"type": "object", "required": ["enrollment_id", "command_uuid", "cancelled"], "properties": {
+        "enrollment_id": {"type": "string"}, "command_uuid": {"type": "string"}, "cancelled": {"type": "integer"}}},
+    "AuditEntry": {
+        "type": "object", "required": ["id", "at", "actor", "action"],
+        "properties": {
+            "id": {"type": "integer"}, "at": {"type": "string"},
+            "actor": {"type": "string", "description": "\"user NAME\" (console), \"api key\" or \"cli (OS user)\"."},
+            "action": {"type": "string", "description": "e.g. command.send, command.cancel, queue.clear, push, "
+                       "pushcert.import, pushcert.csr, challenge.mint, enrollment.profile, user.add, user.remove, "
+                       "user.passwd, sign_in, sign_out."},
+            "target": _nullable("string", description="To whom: enrollment ids, a command UUID, a user name, a topic."),
+            "details": {"type": "object", "nullable": True},
+            "remote": _nullable("string", description="The client address."),
+        },
+    },
+    "AuditPage": {
+        "type": "object", "required": ["entries", "next_before"],
+        "properties": {"entries": {"type": "array", "items": _ref("AuditEntry")},
+                       "next_before": _nullable("integer", description="Pass as ?before= for older entries.")},
+    },
     "PushAnswer": {"type": "object", "required": ["status"], "properties": {
         "status": {"type": "object", "additionalProperties": _ref("EnrollmentOutcome")}}},
     "PushCert": {"type": "object", "required": ["topic", "not_after"], "properties": {
@@ -374,15 +515,16 @@ SCHEMAS: dict = {
 PATHS: dict = {
     "/v1/enqueue/{ids}": {"put": {
         "summary": "Enqueue a raw command plist (NanoMDM compatible).",
-        "description": "ids: comma-separated enrollment ids (thousands are fine). Up to 1,000 pushed ids "
+        "description": "ids: comma-separated enrollment ids (thousands are fine); group:NAME stands for the "
+                       "group's members, each answered in its own entry. Up to 1,000 pushed ids "
                        "the answer waits (at most 3 s) for APNs and carries each apns-id, as NanoMDM's "
                        "does; beyond that push_result is \"scheduled\".",
         "parameters": [
             {"name": "ids", "in": "path", "required": True, "schema": {"type": "string", "pattern": r"[^,\s]"},
-             "description": "Comma-separated enrollment ids; empty entries are skipped."},
+             "description": "Comma-separated enrollment ids or group:NAME; empty entries are skipped."},
             {"name": "nopush", "in": "query", "required": False, "schema": {"type": "string"},
              "description": "Any value but empty/0/false: queue without pushing."},
-            _STRICT,
+            _STRICT, _TTL,
         ],
         "requestBody": {"required": True, "description": "A command plist: CommandUUID (at most 256 printable "
                         "characters, as in reports) and Command with RequestType. An XML plist in UTF-8 is "
@@ -394,7 +536,7 @@ PATHS: dict = {
     }},
     "/v1/commands": {"post": {
         "summary": "Enqueue a command given as JSON; the CommandUUID is generated.",
-        "parameters": [_STRICT],
+        "parameters": [_STRICT, _TTL],
         "requestBody": {"required": True, "content": {"application/json": {
             "schema": _ref("CommandRequest"),
             "example": {"enrollment_ids": ["99385AF6-44CB-5621-A678-A321F4D9A2C8"],
@@ -427,6 +569,15 @@ PATHS: dict = {
                           "503": _STD_ERRORS["503"]},
         },
     },
+    "/v1/queue/stuck": {"get": {
+        "summary": "Devices with a pending command NotNow'd more than a threshold of times (a stuck device).",
+        "description": "A device answers NotNow when it cannot run a command now (locked, busy) and gets it "
+                       "again at its next check-in; a count that keeps growing means it never will.",
+        "parameters": [{"name": "threshold", "in": "query", "required": False,
+                        "schema": {"type": "integer", "minimum": 0, "maximum": 1000000},
+                        "description": "Default: [queue] not_now_threshold (10)."}, _LIMIT, _CURSOR],
+        "responses": {"200": _json(_ref("StuckPage"), "A page of devices, by device id."), **_STD_ERRORS},
+    }},
     "/v1/catalog": {"get": {
         "summary": "The command catalog: each command's keys (type, required, allowed values, nested keys), "
                    "platforms, and whether it is destructive.",
@@ -435,15 +586,30 @@ PATHS: dict = {
         "responses": {"200": _json(_ref("Catalog"), "The catalog."), **_AUTH_ERRORS},
     }},
     "/v1/devices": {"get": {
-        "summary": "Devices, paged, filterable.",
-        "description": "Devices by id; then the devices Apple Business Manager assigned to us that have not "
-                       "enrolled yet (id null, by serial number; not with ?udid= or ?active=true).",
+        "summary": "Devices: searched, filtered, sorted and paged.",
+        "description": "Without parameters: every device by id, as always, then the devices Apple Business "
+                       "Manager assigned to us that have not enrolled yet (id null, by serial number; only "
+                       "without ?q=, ?filter=, ?group=, ?sort=, ?udid= and ?active=true). The filter language, "
+                       "e.g. `os_version < \"17.5\" and model_name contains \"iPad\"` or `last_seen < 30d ago`, "
+                       "is in the README (\"Searching devices\").",
         "parameters": [_LIMIT, _CURSOR,
+                       {"name": "q", "in": "query", "required": False, "schema": {"type": "string", "maxLength": 200},
+                        "description": "Text in the name, serial, UDID, model or OS version (any case)."},
+                       {"name": "filter", "in": "query", "required": False, "schema": {"type": "string"},
+                        "description": "An expression in the device filter language (at most 2,000 characters)."},
+                       {"name": "group", "in": "query", "required": False, "schema": {"type": "string"},
+                        "description": "Only this group's members."},
+                       {"name": "sort", "in": "query", "required": False,
+                        "schema": {"type": "string", "enum": list(SORTS), "default": "id"},
+                        "description": "os sorts as versions (17.10 after 17.9)."},
+                       {"name": "order", "in": "query", "required": False,
+                        "schema": {"type": "string", "enum": ["asc", "desc"], "default": "asc"}},
                        {"name": "serial", "in": "query", "required": False, "schema": {"type": "string"}},
                        {"name": "udid", "in": "query", "required": False, "schema": {"type": "string"}},
                        {"name": "active", "in": "query", "required": False,
                         "schema": {"type": "string", "enum": ["true", "false"]}}],
-        "responses": {"200": _json(_ref("DevicePage"), "A page of devices."), **_STD_ERRORS},
+        "responses": {"200": _json(_ref("DevicePage"), "A page of devices."),
+                      "404": _error("No such group (code group_not_found)."), **_STD_ERRORS},
     }},
     "/v1/devices/{device_id}": {"get": {
         "summary": "One device with its channels (device and users) and identity certificate.",
@@ -465,6 +631,29 @@ PATHS: dict = {
                       "404": _error("No such enrollment."), **_AUTH_ERRORS,
                       "503": _STD_ERRORS["503"]},
     }},
+    "/v1/devices/{device_id}/queue/{command_uuid}": {"delete": {
+        "summary": "Take one command off one enrollment's queue (DELETE /v1/commands/UUID cancels it everywhere).",
+        "parameters": [_ENROLLMENT_ID, _UUID],
+        "responses": {"200": _json(_ref("CancelledPending"), "Taken off (a command the device already holds is "
+                                                             "marked cancelled; its late answer is still kept)."),
+                      "404": _error("No such enrollment (enrollment_not_found), or the command is not pending "
+                                    "on it (command_not_pending)."),
+                      "401": _STD_ERRORS["401"]},
+    }},
+    "/v1/audit": {"get": {
+        "summary": "The audit log, newest first: every state change through the console, this API or the CLI.",
+        "parameters": [
+            {"name": "limit", "in": "query", "required": False,
+             "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
+            {"name": "before", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 0},
+             "description": "next_before of the previous page."},
+            {"name": "actor", "in": "query", "required": False, "schema": {"type": "string"}},
+            {"name": "action", "in": "query", "required": False, "schema": {"type": "string"}},
+            {"name": "target", "in": "query", "required": False, "schema": {"type": "string"},
+             "description": "Entries whose target contains this text (an enrollment id among many)."},
+        ],
+        "responses": {"200": _json(_ref("AuditPage"), "A page of entries."), **_STD_ERRORS},
+    }},
     "/v1/push/{ids}": {
         method: {
             "summary": "Push to enrollments now and wait for APNs' answers (NanoMDM compatible).",
@@ -472,7 +661,8 @@ PATHS: dict = {
                            "then get a push_error saying so and carry on; their outcome is recorded on the "
                            "enrollment (GET /v1/devices/ID: last_push_at, last_push_result, last_push_error).",
             "parameters": [{"name": "ids", "in": "path", "required": True, "schema": {"type": "string"},
-                            "description": "Comma-separated enrollment ids (at most 10,000)."}],
+                            "description": "Comma-separated enrollment ids or group:NAME (at most 10,000 in "
+                                           "all, the groups' members counted)."}],
             "responses": {
                 **_STD_ERRORS,
                 "200": _json(_ref("PushAnswer"), "Every push accepted by APNs (push_result: apns-id)."),
@@ -615,6 +805,46 @@ PATHS: dict = {
         "responses": {"200": _json(_ref("AbmDeviceOutcomes"), "Per serial: Apple's answer, or an error."),
                       **_STD_ERRORS},
     }},
+    "/v1/groups": {
+        "get": {"summary": "Every group with its member count.",
+                "responses": {"200": _json(_ref("GroupList"), "The groups."), "401": _STD_ERRORS["401"],
+                              "503": _STD_ERRORS["503"]}},
+        "post": {
+            "summary": "Create a group: static without a filter, dynamic with one.",
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": _ref("NewGroup"),
+                "example": {"name": "old-ipads", "filter": "os_version < \"17.5\" and model_name contains \"iPad\""}}}},
+            "responses": {"201": _json(_ref("Group"), "Created (a dynamic group with its members already)."),
+                          "409": _error("A group of that name exists (names ignore case; code group_exists)."),
+                          **_STD_ERRORS},
+        },
+    },
+    "/v1/groups/{name}": {
+        "get": {"summary": "One group.", "parameters": [_GROUP],
+                "responses": {"200": _json(_ref("Group"), "The group."), "404": _error("No such group."),
+                              "401": _STD_ERRORS["401"], "503": _STD_ERRORS["503"]}},
+        "patch": {
+            "summary": "Change a group's filter (dynamic groups; members follow at once) or description.",
+            "parameters": [_GROUP],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("GroupChange")}}},
+            "responses": {"200": _json(_ref("Group"), "The group as it is now."), "404": _error("No such group."),
+                          **_STD_ERRORS},
+        },
+        "delete": {"summary": "Delete a group (its devices stay).", "parameters": [_GROUP],
+                   "responses": {"200": _json(_ref("GroupDeleted"), "Deleted."), "404": _error("No such group."),
+                                 "401": _STD_ERRORS["401"], "503": _STD_ERRORS["503"]}},
+    },
+    "/v1/groups/{name}/members/{ids}": {
+        method: {
+            "summary": summary, "parameters": [_GROUP, {
+                "name": "ids", "in": "path", "required": True, "schema": {"type": "string"},
+                "description": "Comma-separated device ids (at most 10,000)."}],
+            "responses": {"200": _json(_ref("GroupMembership"), "How many changed, and the count now."),
+                          "404": _error("No such group, or (adding) no such device: nothing changed."),
+                          **_STD_ERRORS},
+        } for method, summary in (("put", "Add devices to a static group."),
+                                  ("delete", "Take devices out of a static group."))
+    },
     "/v1/openapi.json": {"get": {
         "summary": "This document.", "security": [],
         "responses": {"200": {"description": "OpenAPI 3.0 JSON.",

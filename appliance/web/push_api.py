@@ -3,6 +3,7 @@
 PUT /v1/pushcert       body: PEM certificate + PEM private key in one body; ?force=1 allows a topic change
 GET /v1/pushcert       -> {"topic", "not_after"} (NanoMDM's keys), plus days_left, state, sha256, imported_at
 GET|POST /v1/push/<id,id,...>  -> {"status": {id: {"push_result": apns-id} | {"push_error": "..."}}}
+                          an id may be group:NAME (its members, each with its own entry)
                           200 all pushed, 207 some failed, 500 none pushed (NanoMDM's meaning)
 """
 
@@ -12,7 +13,8 @@ from quart import Blueprint, jsonify, request
 
 from appliance.push import pushcert
 from appliance.push.pushcert import PushCertError
-from appliance.service.commands import answer_code
+from appliance.service.commands import answer_code, group_errors
+from appliance.store import groups
 from appliance.store import push as push_store
 from appliance.web.app import runtime
 from appliance.web.auth import require_api_key
@@ -73,15 +75,20 @@ async def get_pushcert():
 @require_api_key
 async def push(ids: str):
     rt = runtime()
-    enrollment_ids = [i for i in dict.fromkeys(ids.split(",")) if i]
-    if not enrollment_ids:
+    named = [i for i in dict.fromkeys(ids.split(",")) if i]
+    if not named:
         return api_error(400, "no_ids", "name at least one enrollment id: /v1/push/ID1,ID2")
+    # group:NAME stands for the group's members now.
+    enrollment_ids, snapshots, unknown = await rt.store.read(groups.expand, named)
     if len(enrollment_ids) > MAX_IDS:
         return api_error(400, "too_many_ids", f"at most {MAX_IDS} ids per request")
     if rt.push is None:
         return api_error(503, "push_unavailable", "the push service is not running")
-    outcomes = await rt.push.push_now(enrollment_ids)
+    outcomes = await rt.push.push_now(enrollment_ids) if enrollment_ids else {}
     status, failed = {}, 0
+    for entry, why in group_errors(unknown, snapshots).items():
+        status[entry] = {"push_error": why}
+        failed += 1
     for eid in enrollment_ids:
         outcome = outcomes[eid]
         if outcome.ok:
@@ -89,4 +96,4 @@ async def push(ids: str):
         else:
             status[eid] = {"push_error": outcome.error}
             failed += 1
-    return jsonify({"status": status}), answer_code(len(enrollment_ids), failed)
+    return jsonify({"status": status}), answer_code(len(status), failed)

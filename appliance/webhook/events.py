@@ -10,7 +10,8 @@ enrollment) and "token_update_tally" on TokenUpdate.
 Our own, in the same envelope: "appliance.Reenrollment" (a "reenrollment_event") when another identity
 certificate re-enrolled a known device and the old enrollment's pending commands and secrets were cleared;
 "appliance.DeclarationStatus" (a "declaration_status_event") when a DDM status report changed the status
-of declarations on an enrollment.;
+of declarations on an enrollment; "appliance.CommandExpired" (a "command_expired_event") when a command
+was taken off an enrollment's queue because its expiry came before a final status;
 "abm.DeviceAdded", "abm.DeviceModified", "abm.DeviceDeleted" and "abm.AssignmentFailed" (an "abm_event")
 from the Apple Business Manager sync; "ade.ProfileServed" and "ade.DeviceConfigured" (an "ade_event") from
 Automated Device Enrollment.
@@ -30,6 +31,7 @@ from appliance.store.timefmt import now_text
 CONNECT_TOPIC = "mdm.Connect"
 REENROLLMENT_TOPIC = "appliance.Reenrollment"
 DECLARATION_STATUS_TOPIC = "appliance.DeclarationStatus"
+COMMAND_EXPIRED_TOPIC = "appliance.CommandExpired"
 
 
 def _envelope(topic: str, kind: str, event: dict) -> bytes:
@@ -140,3 +142,13 @@ def ade_event(kind: str, fields: dict) -> tuple[str, bytes]:
     (DeviceConfigured acknowledged) -> (topic, JSON body)."""
     topic = ADE_TOPICS[kind]
     return topic, _envelope(topic, "ade_event", dict(fields))
+def command_expired_event(*, udid: str, enrollment_id: str, ids: dict, command_uuid: str, request_type: str,
+                          queued_at: str, expires_at: str, sent_at: str | None, not_now_count: int
+                          ) -> tuple[str, bytes]:
+    """A command reached its expiry still pending on an enrollment and was taken off its queue (its status
+    there is now Expired) -> ("appliance.CommandExpired", JSON body). sent_at: when the device was last
+    given it (None: never); not_now_count: how often it answered NotNow."""
+    event = _identity(udid, enrollment_id, ids)
+    event.update({"command_uuid": command_uuid, "request_type": request_type, "queued_at": queued_at,
+                  "expires_at": expires_at, "sent_at": sent_at, "not_now_count": int(not_now_count)})
+    return COMMAND_EXPIRED_TOPIC, _envelope(COMMAND_EXPIRED_TOPIC, "command_expired_event", event)

@@ -108,6 +108,7 @@ async def test_a_fetch_of_2500_devices_in_pages_then_syncs_apply_what_changed(tm
     async with server.api_client() as api:
         first = (await api.get("/v1/devices", params={"limit": 1000})).json()
         assert len(first["devices"]) == 1000 and first["next_cursor"]
+        assert first["total"] == 2502  # the removed one is not counted
         row = first["devices"][0]
         assert row["id"] is None and row["enrolled"] is False and row["status"] == "not enrolled yet (profile assigned)"
         assert row["abm"]["server"] == "main"

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import hashlib
 import plistlib
 import ssl
@@ -270,6 +271,9 @@ class DeviceSim:
         self.push_token = uuidlib.uuid4().bytes + uuidlib.uuid4().bytes
         self.push_magic = str(uuidlib.uuid4()).upper()
         self.channel: dict[str, Any] = {"UDID": udid}
+        # Facts the device reports (Authenticate, DeviceInformation); a test changes them, e.g. after an update.
+        self.os_version, self.build_version = "14.4", "23E214"
+        self.device_name = f"Sim {udid[:8]}"
 
     async def __aenter__(self) -> DeviceSim:
         return self
@@ -319,8 +323,8 @@ class DeviceSim:
 
     async def authenticate(self, **keys: Any) -> Reply:
         facts = {"Topic": self.topic, "SerialNumber": self.serial_number, "Model": "MacBookPro18,3",
-                 "ModelName": "MacBook Pro", "ProductName": "MacBookPro18,3", "OSVersion": "14.4",
-                 "BuildVersion": "23E214", "DeviceName": f"Sim {self.udid[:8]}"}
+                 "ModelName": "MacBook Pro", "ProductName": "MacBookPro18,3", "OSVersion": self.os_version,
+                 "BuildVersion": self.build_version, "DeviceName": self.device_name}
         facts.update(keys)
         return await self.checkin("Authenticate", **facts)
 
@@ -427,10 +431,10 @@ class DeviceSim:
         return answer(self, command) if answer else {}
 
     def facts(self) -> dict[str, Any]:
-        """What DeviceInformation can be asked about this device (a MacBook Pro on macOS 14.4)."""
+        """What DeviceInformation can be asked about this device (a MacBook Pro, on macOS 14.4 at first)."""
         return {
-            "UDID": self.udid, "SerialNumber": self.serial_number, "DeviceName": f"Sim {self.udid[:8]}",
-            "OSVersion": "14.4", "BuildVersion": "23E214", "Model": "MacBookPro18,3", "ModelName": "MacBook Pro",
+            "UDID": self.udid, "SerialNumber": self.serial_number, "DeviceName": self.device_name,
+            "OSVersion": self.os_version, "BuildVersion": self.build_version, "Model": "MacBookPro18,3", "ModelName": "MacBook Pro",
             "ProductName": "MacBookPro18,3", "ModelNumber": "Z15G", "IsAppleSilicon": True,
             "DeviceCapacity": 460.43, "AvailableDeviceCapacity": 301.2, "BatteryLevel": 0.87, "HasBattery": True,
             "IsSupervised": True, "IsMultiUser": False, "IsActivationLockEnabled": False,
@@ -495,9 +499,33 @@ def _security_info(device: DeviceSim, command: dict) -> dict[str, Any]:
     }}
 
 
+def _certificate_list(device: DeviceSim, command: dict) -> dict[str, Any]:
+    """The device's own identity and a root it trusts, as DER, the way CertificateList lists them."""
+    identity_name = device.cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return {"CertificateList": [
+        {"CommonName": identity_name[0].value if identity_name else device.udid, "IsIdentity": True,
+         "Data": device.cert.public_bytes(serialization.Encoding.DER)},
+        {"CommonName": "Example School Root CA", "IsIdentity": False,
+         "Data": _school_root().public_bytes(serialization.Encoding.DER)},
+    ]}
+
+
+@functools.lru_cache(maxsize=1)
+def _school_root() -> x509.Certificate:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Example School Root CA")])
+    start = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
+    return (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(start)
+            .not_valid_after(start + dt.timedelta(days=3650))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+
+
 _RESULTS = {
     "DeviceInformation": _device_information,
     "ProfileList": _profile_list,
     "InstalledApplicationList": _installed_applications,
     "SecurityInfo": _security_info,
+    "CertificateList": _certificate_list,
 }

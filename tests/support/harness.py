@@ -62,6 +62,8 @@ def make_config(tmp_path: Path, port: int = 0, **overrides: dict) -> Path:
         "api": {"key": API_KEY},
         "enrollment": {"scep_challenge": "test-challenge", "secret": "test-enroll-secret"},
         "logging": {"level": "debug"},
+        # Off unless a test is about inventory: the others expect a queue holding only what they enqueue.
+        "inventory": {"commands": []},
     }
     for section, values in overrides.items():
         sections.setdefault(section, {}).update(values)

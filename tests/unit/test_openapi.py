@@ -26,7 +26,10 @@ DOCUMENTED_500 = {"/v1/enqueue/{ids}", "/v1/commands", "/v1/push/{ids}", "/v1/pu
 # rejected with 400, so acceptance of generated bodies is not checked there (the documented example is).
 OPAQUE_BODY = {"/v1/enqueue/{ids}", "/v1/pushcert", "/v1/commands", "/v1/abm/servers/{name}/token",
                # a declaration checked against Apple's schema, an asset type, an OS version and local deadline
-               "/api/v1/ddm/declarations", "/api/v1/ddm/assets/{identifier}", "/api/v1/ddm/os-update"}
+               "/api/v1/ddm/declarations", "/api/v1/ddm/assets/{identifier}", "/api/v1/ddm/os-update",
+               # The device filter language (in ?filter= and a group's "filter"), which no schema describes;
+               # and group names, which must be new to be created.
+               "/v1/devices", "/v1/groups", "/v1/groups/{name}"}
 
 
 async def test_served_document_is_the_one_we_check(server):

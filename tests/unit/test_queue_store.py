@@ -123,6 +123,7 @@ def test_clear_queue(conn):
 
 def test_next_command_is_one_indexed_statement(conn):
     for sql in (queue._NEXT_ANY, queue._NEXT_AFTER_NOT_NOW):
-        plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, {"enrollment": "dev-a"})]
+        args = {"enrollment": "dev-a", "now": "2026-01-01T00:00:00.000000Z"}
+        plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, args)]
         assert any("USING INDEX queue_next" in step for step in plan), plan
         assert not any(step.startswith("SCAN") for step in plan), plan  # every table reached by index

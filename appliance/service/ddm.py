@@ -552,10 +552,10 @@ class DdmService:
                 self.wake()
 
     async def _drain(self) -> None:
-        while True:
+        # Read first: a write that changes nothing would still commit (and end a full disk's fault state).
+        more = await self.runtime.store.read(store.group_changes_waiting)
+        while more:
             _, more = await self.runtime.store.write(store.follow_group_changes, self.batch_size)
-            if not more:
-                break
         while True:
             told, more = await self.runtime.store.write(notify_batch, self.batch_size)
             if told:

@@ -229,12 +229,20 @@ def start_following_groups(conn: sqlite3.Connection) -> None:
                  (_META_GROUP_CURSOR, str(groups.last_change_id(conn))))
 
 
+def _group_cursor(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (_META_GROUP_CURSOR,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def group_changes_waiting(conn: sqlite3.Connection) -> bool:
+    return groups.last_change_id(conn) > _group_cursor(conn)
+
+
 def follow_group_changes(conn: sqlite3.Connection, limit: int) -> tuple[int, bool]:
     """Mark the devices whose group membership changed since the last call (joined or left: a group with
     sets, or a deleted one, changes what they get; the notifier tells only those whose tokens changed).
     The position is kept with the marks, in the same transaction. Returns (changes followed, more waiting)."""
-    row = conn.execute("SELECT value FROM meta WHERE key = ?", (_META_GROUP_CURSOR,)).fetchone()
-    changes = groups.changes_since(conn, int(row[0]) if row else 0, limit)
+    changes = groups.changes_since(conn, _group_cursor(conn), limit)
     if changes:
         mark(conn, [change.device_id for change in changes])
         conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = "

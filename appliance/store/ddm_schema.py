@@ -2,7 +2,8 @@
 of devices, what each enrollment was last told (tokens, the pending DeclarativeManagement command), the
 enrollments waiting to be told of a change, and the status devices report.
 
-Sets exist by their members, as in KMFDDM: a set name is a set once a declaration or an enrollment names it.
+Sets exist by their members, as in KMFDDM: a set name is a set once a declaration, an enrollment or a group
+names it.
 """
 
 NAME = "ddm"

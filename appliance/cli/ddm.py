@@ -56,8 +56,9 @@ def ddm() -> None:
     mdm-appliance ddm put passcode.json                       # store a declaration (JSON file)
     mdm-appliance ddm set-add staff com.example.passcode      # put it in a set
     mdm-appliance ddm assign staff UDID1 UDID2                # assign the set: the devices are told
+    mdm-appliance ddm assign staff --group lab-macs           # ... or to a group's members
     mdm-appliance ddm status                                  # per declaration: applied, invalid, ...
-    mdm-appliance ddm os-update --version 17.6 --deadline 2027-01-15T18:00 --enrollment UDID1
+    mdm-appliance ddm os-update --version 17.6 --deadline 2027-01-15T18:00 --group lab-macs
     """
 
 
@@ -210,44 +211,77 @@ def set_remove(config_path, nonotify, set_name, identifiers) -> None:
         _said(changed, f"{identifier} is out of set {set_name}")
 
 
-def _assignment(config_path, set_name, ids, nonotify, method: str, said: str) -> None:
+def _assignment(config_path, set_name, ids, group_names, nonotify, method: str, said: str) -> None:
+    if not ids and not group_names:
+        raise CliError("name enrollment ids or --group NAME")
     client = _client(config_path)
+    nonotify_arg = "1" if nonotify else None
     changed = 0
-    for eid in _ids(ids):
-        changed += _change(client, method, _path("enrollment-sets", eid, set=set_name,
-                                                 nonotify="1" if nonotify else None))
-    click.echo(f"set {set_name} {said} {changed} enrollment(s)")
+    for eid in _ids(ids) if ids else []:
+        changed += _change(client, method, _path("enrollment-sets", eid, set=set_name, nonotify=nonotify_arg))
+    if ids:
+        click.echo(f"set {set_name} {said} {changed} enrollment(s)")
+    for group in group_names:
+        group_changed = _change(client, method, _path("group-sets", group, set=set_name, nonotify=nonotify_arg))
+        _said(group_changed, f"set {set_name} {said} group {group}")
+
+
+group_option = click.option("--group", "group_names", multiple=True,
+                            help="A group of devices (repeatable): its members get the set while members.")
 
 
 @ddm.command("assign")
 @config_option
 @nonotify_option
+@group_option
 @click.argument("set_name")
-@click.argument("ids", nargs=-1, required=True)
-def assign(config_path, nonotify, set_name, ids) -> None:
-    """Assign a set to enrollments (ID "-" reads ids from stdin); they are told at once.
+@click.argument("ids", nargs=-1)
+def assign(config_path, nonotify, group_names, set_name, ids) -> None:
+    """Assign a set to enrollments (ID "-" reads ids from stdin) or groups; they are told at once.
 
-    An id that has not enrolled yet keeps the set until it does.
+    An id that has not enrolled yet keeps the set until it does. A group's members get it (their device
+    channel) for as long as they are members: devices joining later get it, devices leaving lose it.
 
     \b
     mdm-appliance ddm assign staff UDID1 UDID2
     mdm-appliance devices --json | jq -r '.[].id' | mdm-appliance ddm assign staff -
+    mdm-appliance ddm assign staff --group lab-macs
     """
-    _assignment(config_path, set_name, ids, nonotify, "PUT", "newly assigned to")
+    _assignment(config_path, set_name, ids, group_names, nonotify, "PUT", "newly assigned to")
 
 
 @ddm.command("unassign")
 @config_option
 @nonotify_option
+@group_option
 @click.argument("set_name")
-@click.argument("ids", nargs=-1, required=True)
-def unassign(config_path, nonotify, set_name, ids) -> None:
-    """Take a set off enrollments (ID "-" reads ids from stdin).
+@click.argument("ids", nargs=-1)
+def unassign(config_path, nonotify, group_names, set_name, ids) -> None:
+    """Take a set off enrollments (ID "-" reads ids from stdin) or groups.
 
     \b
     mdm-appliance ddm unassign staff UDID1
+    mdm-appliance ddm unassign staff --group lab-macs
     """
-    _assignment(config_path, set_name, ids, nonotify, "DELETE", "taken off")
+    _assignment(config_path, set_name, ids, group_names, nonotify, "DELETE", "taken off")
+
+
+@ddm.command("group-sets")
+@config_option
+@json_option
+@click.argument("group")
+def group_sets(config_path, as_json, group) -> None:
+    """The sets assigned to a group.
+
+    \b
+    mdm-appliance ddm group-sets lab-macs
+    """
+    _, names = _client(config_path).call("GET", _path("group-sets", group))
+    if as_json:
+        _print_json(names)
+    else:
+        for name in names:
+            click.echo(name)
 
 
 @ddm.command("notify")
@@ -304,6 +338,8 @@ def status(config_path, as_json, enrollment_id, declaration) -> None:
             _print_json(overview)
             return
         click.echo(f"enrollment: {overview['enrollment_id']}\nsets: {', '.join(overview['sets']) or '-'}")
+        for group, names in overview.get("groups", {}).items():
+            click.echo(f"from group {group}: {', '.join(names)}")
         for key in ("declarations_token", "token_changed_at", "notified_at", "last_sync_at", "last_status_at"):
             click.echo(f"{key.replace('_', ' ')}: {overview[key] or '-'}")
         rows = [{**row, "reasons": ", ".join(r.get("code", "?") for r in row["reasons"] if isinstance(r, dict))}
@@ -420,19 +456,25 @@ def asset(config_path, nonotify, identifier, file, asset_type, content_type) -> 
 @click.option("--deadline", required=True, help="The device's local time to install by: 2027-01-15T18:00.")
 @click.option("--build", help="A build version, e.g. 21G80 (seeding).")
 @click.option("--details-url", help="A page the user is shown about the update.")
-@click.option("--enrollment", "ids", multiple=True, required=True,
+@click.option("--enrollment", "ids", multiple=True,
               help="An enrollment to enforce it on (repeatable; \"-\" reads ids from stdin).")
-def os_update(config_path, as_json, nonotify, version, deadline, build, details_url, ids) -> None:
+@click.option("--group", "group_names", multiple=True,
+              help="A group of devices to enforce it on, members now and later (repeatable).")
+def os_update(config_path, as_json, nonotify, version, deadline, build, details_url, ids, group_names) -> None:
     """Enforce an OS version by a deadline (Apple's softwareupdate.enforcement.specific) and show progress.
 
-    Builds the configuration and its activation in set os-update-VERSION, assigns it (taking an older
-    os-update-* set off those enrollments) and tells the devices.
+    Builds the configuration and its activation in set os-update-VERSION, assigns it to the enrollments
+    and groups (taking an older os-update-* set off them) and tells the devices.
 
     \b
+    mdm-appliance ddm os-update --version 17.6 --deadline 2027-01-15T18:00 --group lab-macs
     mdm-appliance ddm os-update --version 17.6 --deadline 2027-01-15T18:00 --enrollment UDID1 --enrollment UDID2
     mdm-appliance ddm status --declaration os-update-17.6      # progress later
     """
-    body = {"version": version, "deadline": deadline, "enrollment_ids": _ids(ids)}
+    if not ids and not group_names:
+        raise CliError("name --group NAME or --enrollment ID")
+    body = {"version": version, "deadline": deadline, "enrollment_ids": _ids(ids) if ids else [],
+            "groups": list(group_names)}
     if build:
         body["build"] = build
     if details_url:
@@ -443,8 +485,15 @@ def os_update(config_path, as_json, nonotify, version, deadline, build, details_
         _print_json(answer)
         return
     payload = answer["payload"]
+    targets = [f"newly assigned to {len(answer['assigned'])} enrollment(s)"] if ids else []
+    for group in answer["groups"]:
+        said = "assigned to" if group["assigned"] else "already assigned to"
+        targets.append(f"{said} group {group['name']} ({group['members']} member(s))")
     click.echo(f"set {answer['set']}: {payload['TargetOSVersion']} by {payload['TargetLocalDateTime']} "
-               f"(device local time), newly assigned to {len(answer['assigned'])} enrollment(s)")
+               f"(device local time), {', '.join(targets)}")
     if answer["replaced"]:
         click.echo(f"an older os-update set was taken off {len(answer['replaced'])} enrollment(s)")
+    for group in answer["groups"]:
+        if group["replaced"]:
+            click.echo(f"taken off group {group['name']}: {', '.join(group['replaced'])}")
     click.echo(summary_line(answer["progress"]))

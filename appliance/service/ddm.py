@@ -3,8 +3,10 @@
 - A device's DeclarativeManagement check-in (tokens, declaration-items, declaration/KIND/ID, status) is
   answered inside the check-in's one write transaction (appliance.service.mdm), from what is assigned to
   that enrollment only.
-- An operator's change (a declaration saved or touched, a set or an assignment changed) is one transaction
-  that also marks every enrollment whose effective declarations it may change (ddm_dirty, durable).
+- An operator's change (a declaration saved or touched, a set or an assignment to enrollments or to a
+  group changed) is one transaction that also marks every enrollment whose effective declarations it may
+  change (ddm_dirty, durable). Group membership changes (static, dynamic, a group deleted) are followed
+  from the groups' change log, the position kept with the marks (store.follow_group_changes).
 - The notifier, a part of the root nursery, then tells each marked enrollment whose DeclarationsToken
   really changed: one DeclarativeManagement command with the tokens as Data, at most one waiting per
   enrollment (a waiting one gets the new Data), then a push. KMFDDM over-notifies; this does not.
@@ -36,7 +38,7 @@ from appliance.protocol.ddm import DeclarationError
 from appliance.protocol.errors import NotEnrolled
 from appliance.protocol.messages import DeclarativeManagement, TokenUpdate
 from appliance.store import ddm as store
-from appliance.store import outbox, queue
+from appliance.store import groups, outbox, queue
 from appliance.store.db import StoreClosed
 from appliance.store.faults import StoreUnavailable
 from appliance.store.timefmt import now_text
@@ -234,6 +236,28 @@ def _check_references(conn: sqlite3.Connection, declaration: ddm.Declaration) ->
                           f"{', '.join(ref.types)}")
 
 
+def _existing_group(conn: sqlite3.Connection, name: str) -> str:
+    """The group's name as stored (names ignore case)."""
+    try:
+        groups.check_name(name)
+    except groups.GroupError as exc:
+        raise Refused(str(exc)) from None
+    group = groups.get(conn, name)
+    if group is None:
+        raise NotFound(f"no group named {name!r}")
+    return group["name"]
+
+
+def _os_update_group(conn: sqlite3.Connection, group: str, set_name: str, notify: bool) -> dict[str, Any]:
+    """Assign the os-update set to a group, taking an older os-update-* set off it."""
+    assigned = store.assign_group(conn, group, set_name)
+    replaced = [older for older in store.group_sets(conn, group)
+                if older.startswith("os-update-") and older != set_name and store.unassign_group(conn, group, older)]
+    if notify and (assigned or replaced):
+        store.mark_group(conn, group)
+    return {"name": group, "assigned": assigned, "replaced": replaced, "members": len(groups.members(conn, group))}
+
+
 def _a(kind: str) -> str:
     return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
 
@@ -374,6 +398,27 @@ class DdmService:
         log.info("ddm_assignment_changed", set=set_name, ids=len(enrollment_ids), changed=len(changed), added=add)
         return changed
 
+    async def group_sets(self, group: str) -> list[str]:
+        def read(conn):
+            return store.group_sets(conn, _existing_group(conn, group))
+
+        return await self.runtime.store.read(read)
+
+    async def change_group_assignment(self, group: str, set_name: str, *, add: bool, notify: bool = True) -> bool:
+        """Assign the set to (add) or take it off a group: its members now and later get it."""
+        check_set_name(set_name)
+
+        def txn(conn):
+            name = _existing_group(conn, group)
+            changed = (store.assign_group if add else store.unassign_group)(conn, name, set_name)
+            if changed and notify:
+                store.mark_group(conn, name)
+            return changed
+
+        changed = await self._write(txn)
+        log.info("ddm_group_assignment_changed", group=group, set=set_name, added=add, changed=changed)
+        return changed
+
     async def notify(self, *, declarations: Sequence[str] = (), sets: Sequence[str] = (),
                      enrollment_ids: Sequence[str] = ()) -> int:
         """Tell these enrollments (and those the sets and declarations reach) even if nothing changed."""
@@ -434,10 +479,10 @@ class DdmService:
 
     async def os_update(self, version: str, deadline: str, *, build: str | None = None,
                         details_url: str | None = None, enrollment_ids: Sequence[str] = (),
-                        notify: bool = True) -> dict[str, Any]:
+                        group_names: Sequence[str] = (), notify: bool = True) -> dict[str, Any]:
         """Enforce an OS version by a deadline: the softwareupdate.enforcement.specific configuration and its
-        activation in set os-update-VERSION, assigned to the enrollments; an older os-update-* set on them
-        is taken off (one enforcement at a time)."""
+        activation in set os-update-VERSION, assigned to the enrollments and groups; an older os-update-* set
+        on them is taken off (one enforcement at a time)."""
         try:
             configuration, activation = ddm.os_update(version, deadline, build, details_url)
         except DeclarationError as exc:
@@ -457,21 +502,38 @@ class DdmService:
                 for older in store.enrollment_sets(conn, eid):
                     if older.startswith("os-update-") and older != set_name:
                         replaced += store.unassign(conn, [eid], older)
+            by_group = [_os_update_group(conn, _existing_group(conn, group), set_name, notify)
+                        for group in dict.fromkeys(group_names)]
             if notify:
                 if changed:
                     store.mark_sets(conn, [set_name])
                 store.mark(conn, set(assigned) | set(replaced))
             return {"set": set_name, "declarations": [configuration.identifier, activation.identifier],
                     "payload": configuration.payload, "assigned": assigned,
-                    "replaced": sorted(set(replaced))}
+                    "replaced": sorted(set(replaced)), "groups": by_group}
 
         result = await self._write(txn)
         log.info("ddm_os_update", version=version, deadline=configuration.payload["TargetLocalDateTime"],
-                 assigned=len(result["assigned"]))
+                 assigned=len(result["assigned"]), groups=len(result["groups"]))
         return result
 
     # the notifier ---------------------------------------------------------------------------------
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._hear_group_changes)
+            await self._notify_loop(task_status)
+            nursery.cancel_scope.cancel()
+
+    async def _hear_group_changes(self) -> None:
+        """Wake the notifier after every commit that changed group membership (it reads the change log)."""
+        watch = self.runtime.group_changes
+        changed = watch.changed()
+        while True:
+            await changed.wait()
+            changed = watch.changed()  # no await since the wait: no notify() slips between
+            self.wake()
+
+    async def _notify_loop(self, task_status) -> None:
         task_status.started(self)
         while True:
             self.idle.set()
@@ -490,6 +552,10 @@ class DdmService:
                 self.wake()
 
     async def _drain(self) -> None:
+        # Read first: a write that changes nothing would still commit (and end a full disk's fault state).
+        more = await self.runtime.store.read(store.group_changes_waiting)
+        while more:
+            _, more = await self.runtime.store.write(store.follow_group_changes, self.batch_size)
         while True:
             told, more = await self.runtime.store.write(notify_batch, self.batch_size)
             if told:
@@ -568,6 +634,7 @@ async def run_ddm(runtime, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
 
     def prepare(conn):
         install_builtins(conn, organization)
+        store.start_following_groups(conn)
         return asset_key(conn)
 
     key = await runtime.store.write(prepare)

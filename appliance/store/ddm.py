@@ -2,7 +2,8 @@
 effective declarations, the enrollments waiting to be notified, and reported status. Every function takes
 the connection and runs inside the caller's store.read/.write.
 
-An enrollment's effective declarations: those in the sets assigned to it (ddm_assignments), everything they
+An enrollment's effective declarations: those in the sets assigned to it or to a group its device is a member
+of (ddm_assignments), everything they
 name (an activation's configurations, a configuration's assets; ddm_references, followed to the end), and
 the appliance's own declarations for its channel. Nothing else is ever served to it.
 """
@@ -16,9 +17,11 @@ from typing import Any
 
 from appliance.protocol import ddm
 from appliance.protocol.ddm import Item, StatusReport
+from appliance.store import groups
 from appliance.store.timefmt import now_text
 
 _CHUNK = 500
+_META_GROUP_CURSOR = "ddm_group_change_id"  # the last group membership change the notifier followed
 
 
 class InUse(Exception):
@@ -128,7 +131,8 @@ def builtin_identifiers(conn: sqlite3.Connection) -> set[str]:
 
 def list_sets(conn: sqlite3.Connection) -> list[str]:
     return [row[0] for row in conn.execute(
-        "SELECT set_name FROM ddm_set_declarations UNION SELECT set_name FROM ddm_enrollment_sets ORDER BY 1")]
+        "SELECT set_name FROM ddm_set_declarations UNION SELECT set_name FROM ddm_enrollment_sets "
+        "UNION SELECT set_name FROM ddm_group_sets ORDER BY 1")]
 
 
 def set_declarations(conn: sqlite3.Connection, set_name: str) -> list[str]:
@@ -143,7 +147,7 @@ def declaration_sets(conn: sqlite3.Connection, identifier: str) -> list[str]:
 
 def set_enrollments(conn: sqlite3.Connection, set_name: str) -> list[str]:
     return [row[0] for row in conn.execute(
-        "SELECT enrollment_id FROM ddm_assignments WHERE set_name = ? ORDER BY enrollment_id", (set_name,))]
+        "SELECT DISTINCT enrollment_id FROM ddm_assignments WHERE set_name = ? ORDER BY enrollment_id", (set_name,))]
 
 
 def add_to_set(conn: sqlite3.Connection, set_name: str, identifier: str) -> bool:
@@ -159,7 +163,7 @@ def remove_from_set(conn: sqlite3.Connection, set_name: str, identifier: str) ->
 
 def enrollment_sets(conn: sqlite3.Connection, enrollment_id: str) -> list[str]:
     return [row[0] for row in conn.execute(
-        "SELECT set_name FROM ddm_assignments WHERE enrollment_id = ? ORDER BY set_name", (enrollment_id,))]
+        "SELECT DISTINCT set_name FROM ddm_assignments WHERE enrollment_id = ? ORDER BY set_name", (enrollment_id,))]
 
 
 def assign(conn: sqlite3.Connection, enrollment_ids: Sequence[str], set_name: str) -> list[str]:
@@ -177,6 +181,73 @@ def unassign(conn: sqlite3.Connection, enrollment_ids: Sequence[str], set_name: 
             "DELETE FROM ddm_enrollment_sets WHERE enrollment_id = ?", (eid,)).rowcount]
     return [eid for eid in dict.fromkeys(enrollment_ids) if conn.execute(
         "DELETE FROM ddm_enrollment_sets WHERE enrollment_id = ? AND set_name = ?", (eid, set_name)).rowcount]
+
+
+# --- sets assigned to groups: each member's device channel gets them ----------------------------------
+
+def group_sets(conn: sqlite3.Connection, group: str) -> list[str]:
+    return [row[0] for row in conn.execute(
+        "SELECT set_name FROM ddm_group_sets WHERE group_name = ? ORDER BY set_name", (group,))]
+
+
+def set_groups(conn: sqlite3.Connection, set_name: str) -> list[str]:
+    return [row[0] for row in conn.execute(
+        "SELECT group_name FROM ddm_group_sets WHERE set_name = ? ORDER BY group_name COLLATE NOCASE", (set_name,))]
+
+
+def enrollment_groups(conn: sqlite3.Connection, enrollment_id: str) -> dict[str, list[str]]:
+    """{group: its sets} for the groups this enrollment's device channel gets sets from."""
+    found: dict[str, list[str]] = {}
+    for group, set_name in conn.execute(
+            "SELECT gs.group_name, gs.set_name FROM group_members AS m JOIN ddm_group_sets AS gs "
+            "ON gs.group_name = m.group_name WHERE m.device_id = ? ORDER BY 1 COLLATE NOCASE, 2", (enrollment_id,)):
+        found.setdefault(group, []).append(set_name)
+    return found
+
+
+def assign_group(conn: sqlite3.Connection, group: str, set_name: str) -> bool:
+    """The group must exist (the foreign key refuses it otherwise)."""
+    return conn.execute("INSERT INTO ddm_group_sets (group_name, set_name, created_at) VALUES (?, ?, ?) "
+                        "ON CONFLICT DO NOTHING", (group, set_name, now_text())).rowcount > 0
+
+
+def unassign_group(conn: sqlite3.Connection, group: str, set_name: str) -> bool:
+    return conn.execute("DELETE FROM ddm_group_sets WHERE group_name = ? AND set_name = ?",
+                        (group, set_name)).rowcount > 0
+
+
+def mark_group(conn: sqlite3.Connection, group: str, *, forced: bool = False) -> int:
+    """Every member of the group (its device channel)."""
+    return conn.execute(_MARK.format(
+        select="SELECT device_id, :forced, :now FROM group_members WHERE group_name = :group AND true"),
+        {"forced": int(forced), "now": now_text(), "group": group}).rowcount
+
+
+def start_following_groups(conn: sqlite3.Connection) -> None:
+    """The first start with group assignment follows membership changes from now: none before could matter."""
+    conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+                 (_META_GROUP_CURSOR, str(groups.last_change_id(conn))))
+
+
+def _group_cursor(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (_META_GROUP_CURSOR,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def group_changes_waiting(conn: sqlite3.Connection) -> bool:
+    return groups.last_change_id(conn) > _group_cursor(conn)
+
+
+def follow_group_changes(conn: sqlite3.Connection, limit: int) -> tuple[int, bool]:
+    """Mark the devices whose group membership changed since the last call (joined or left: a group with
+    sets, or a deleted one, changes what they get; the notifier tells only those whose tokens changed).
+    The position is kept with the marks, in the same transaction. Returns (changes followed, more waiting)."""
+    changes = groups.changes_since(conn, _group_cursor(conn), limit)
+    if changes:
+        mark(conn, [change.device_id for change in changes])
+        conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = "
+                     "excluded.value", (_META_GROUP_CURSOR, str(changes[-1].id)))
+    return len(changes), len(changes) == limit
 
 
 # --- what an enrollment sees ---------------------------------------------------------------------------
@@ -309,7 +380,7 @@ def notify_targets(conn: sqlite3.Connection, enrollment_ids: Sequence[str]) -> d
             found[row[0]] = {"token": row[1], "changed_at": row[2], "command_uuid": row[3], "sets": []}
         for row in conn.execute(f"SELECT enrollment_id, set_name FROM ddm_assignments WHERE enrollment_id IN ({marks})",
                                 chunk):
-            if row[0] in found:
+            if row[0] in found and row[1] not in found[row[0]]["sets"]:
                 found[row[0]]["sets"].append(row[1])
     return found
 
@@ -516,8 +587,8 @@ def _reason_codes(reasons: str | None) -> list[str]:
 
 
 def enrollment_overview(conn: sqlite3.Connection, enrollment_id: str) -> dict[str, Any]:
-    """One enrollment's DDM state for people (API, CLI, console): its sets, what it was last told and when,
-    and each effective declaration with the state of its latest status."""
+    """One enrollment's DDM state for people (API, CLI, console): its sets (and the groups some come from),
+    what it was last told and when, and each effective declaration with the state of its latest status."""
     state = sync_state(conn, enrollment_id)
     declarations = []
     for item in sorted(effective_items(conn, enrollment_id), key=lambda i: (ddm.KINDS.index(i.kind), i.identifier)):
@@ -537,6 +608,7 @@ def enrollment_overview(conn: sqlite3.Connection, enrollment_id: str) -> dict[st
     return {
         "enrollment_id": enrollment_id,
         "sets": enrollment_sets(conn, enrollment_id),
+        "groups": enrollment_groups(conn, enrollment_id),
         "declarations_token": state["declarations_token"] if state else None,
         "token_changed_at": state["token_changed_at"] if state else None,
         "last_sync_at": state["last_sync_at"] if state else None,

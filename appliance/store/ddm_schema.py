@@ -1,8 +1,9 @@
-"""Declarative Device Management tables: declarations, sets, their assignment to enrollments, what each
-enrollment was last told (tokens, the pending DeclarativeManagement command), the enrollments waiting to
-be told of a change, and the status devices report.
+"""Declarative Device Management tables: declarations, sets, their assignment to enrollments and to groups
+of devices, what each enrollment was last told (tokens, the pending DeclarativeManagement command), the
+enrollments waiting to be told of a change, and the status devices report.
 
-Sets exist by their members, as in KMFDDM: a set name is a set once a declaration or an enrollment names it.
+Sets exist by their members, as in KMFDDM: a set name is a set once a declaration, an enrollment or a group
+names it.
 """
 
 NAME = "ddm"
@@ -127,5 +128,27 @@ MIGRATIONS = [
         sha256        TEXT NOT NULL,
         updated_at    TEXT NOT NULL
     );
+    """,
+    """
+    -- Sets assigned to groups of devices (appliance.store.groups): every member's device channel gets them,
+    -- for as long as it is a member. A group's deletion takes its assignments with it. (device_groups is
+    -- created by the groups component, which migrates after this one: SQLite checks a foreign key only
+    -- when rows change.)
+    CREATE TABLE ddm_group_sets (
+        group_name  TEXT NOT NULL COLLATE NOCASE REFERENCES device_groups (name) ON DELETE CASCADE,
+        set_name    TEXT NOT NULL,
+        created_at  TEXT NOT NULL,
+        PRIMARY KEY (group_name, set_name)
+    );
+    CREATE INDEX ddm_group_sets_set ON ddm_group_sets (set_name);
+
+    -- A group member's device id is its device channel's enrollment id. UNION ALL keeps a lookup by
+    -- enrollment or by set on the indexes; a set that reaches an enrollment both ways shows twice.
+    DROP VIEW ddm_assignments;
+    CREATE VIEW ddm_assignments AS
+        SELECT enrollment_id, set_name FROM ddm_enrollment_sets
+        UNION ALL
+        SELECT m.device_id, gs.set_name FROM ddm_group_sets AS gs
+            JOIN group_members AS m ON m.group_name = gs.group_name;
     """,
 ]

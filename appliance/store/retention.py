@@ -43,8 +43,10 @@ def tables(conn: sqlite3.Connection) -> set[str]:
 
 
 # The newest result always stays: results take rowids after the largest one, and /metrics counts results
-# by rowid (appliance.store.fleet.results_since), so a rowid must never be handed out twice.
-_KEEP = {"results": "AND rowid < (SELECT max(rowid) FROM results)"}
+# by rowid (appliance.store.fleet.results_since), so a rowid must never be handed out twice. The same for
+# the group membership log, which DDM follows by id (appliance.store.ddm.follow_group_changes).
+_KEEP = {"results": "AND rowid < (SELECT max(rowid) FROM results)",
+         "group_changes": "AND rowid < (SELECT max(rowid) FROM group_changes)"}
 
 
 def any_older(conn: sqlite3.Connection, rule: AgeRule, cutoff: str) -> bool:

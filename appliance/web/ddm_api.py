@@ -1,6 +1,6 @@
 """The DDM admin API under /api/v1/ddm: KMFDDM's routes, answers and status codes (as NanoHUB mounts KMFDDM),
 so KMFDDM's and NanoHUB's tools work with a base-URL change, plus our own: a fleet-wide status summary, one
-enrollment's overview, hosted assets and OS-update enforcement.
+enrollment's overview, sets assigned to groups, hosted assets and OS-update enforcement.
 
 KMFDDM's codes: a change answers 204 when something changed and 304 when it was already so (KMFDDM's
 nonotify=1 skips telling the devices). Errors use the one error format of the API ({"error": {"code",
@@ -183,6 +183,25 @@ async def delete_all_enrollment_sets(enrollment_id: str):
     return _changed(bool(changed))
 
 
+# --- ours: sets assigned to groups ------------------------------------------------------------------
+
+@blueprint.get(f"{PREFIX}/group-sets/<group>")
+@require_api_key
+async def get_group_sets(group: str):
+    return jsonify(await _call(_service().group_sets(group)))
+
+
+@blueprint.route(f"{PREFIX}/group-sets/<group>", methods=["PUT", "DELETE"])
+@require_api_key
+async def change_group_sets(group: str):
+    """As enrollment-sets, for a group of devices: its members' device channels get the set while members."""
+    await request.get_data()
+    set_name = _required_arg("set")
+    changed = await _call(_service().change_group_assignment(group, set_name, add=request.method == "PUT",
+                                                             notify=_notify()))
+    return _changed(changed)
+
+
 # --- status ------------------------------------------------------------------------------------------
 
 async def _read(fn, *args):
@@ -274,12 +293,14 @@ async def os_update():
         raise ApiError(400, "bad_json", "body is not JSON") from None
     if not isinstance(document, dict):
         raise ApiError(400, "bad_json", "body must be a JSON object")
-    unknown = set(document) - {"version", "deadline", "build", "details_url", "enrollment_ids"}
+    unknown = set(document) - {"version", "deadline", "build", "details_url", "enrollment_ids", "groups"}
     if unknown:
         raise ApiError(400, "bad_request", f"unknown field(s): {', '.join(sorted(unknown))}")
-    ids = document.get("enrollment_ids", [])
+    ids, group_names = document.get("enrollment_ids", []), document.get("groups", [])
     if not isinstance(ids, list) or not all(isinstance(eid, str) and eid for eid in ids):
         raise ApiError(400, "bad_request", "\"enrollment_ids\" must be an array of enrollment ids")
+    if not isinstance(group_names, list) or not all(isinstance(name, str) for name in group_names):
+        raise ApiError(400, "bad_request", "\"groups\" must be an array of group names")
     for name in ("version", "deadline"):
         if not isinstance(document.get(name), str):
             raise ApiError(400, "bad_request", f"\"{name}\" is required, as a string")
@@ -289,6 +310,7 @@ async def os_update():
     service = _service()
     result = await _call(service.os_update(document["version"], document["deadline"], build=document.get("build"),
                                            details_url=document.get("details_url"),
-                                           enrollment_ids=list(dict.fromkeys(ids)), notify=_notify()))
+                                           enrollment_ids=list(dict.fromkeys(ids)), group_names=group_names,
+                                           notify=_notify()))
     [progress] = await service.summary(result["set"])
     return jsonify({**result, "progress": progress})

@@ -37,6 +37,9 @@ def _query(name: str, schema: dict, description: str, required: bool = False) ->
     return {"name": name, "in": "query", "required": required, "schema": schema, "description": description}
 
 
+# appliance.store.groups.NAME
+_GROUP = _path("group", {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"},
+               "A group's name (names ignore case).")
 _DECLARATION_ID = _path("identifier", _IDENTIFIER, "A declaration's Identifier.")
 _SET = _path("set_name", _NAME, "A set's name.")
 _ENROLLMENT_ID = _path("enrollment_id", _ENROLLMENT, "An enrollment id (UDID, or UDID:UserID for a user channel).")
@@ -106,7 +109,10 @@ SCHEMAS: dict = {
     "DdmOverview": {
         "type": "object", "required": ["enrollment_id", "sets", "declarations"],
         "properties": {
-            "enrollment_id": {"type": "string"}, "sets": _STRINGS,
+            "enrollment_id": {"type": "string"},
+            "sets": {**_STRINGS, "description": "Its own and those of the groups its device is in."},
+            "groups": {"type": "object", "additionalProperties": _STRINGS,
+                       "description": "The groups (of its device) it gets sets from, with those sets."},
             "declarations_token": {"type": "string", "nullable": True},
             "token_changed_at": {"type": "string", "nullable": True},
             "last_sync_at": {"type": "string", "nullable": True},
@@ -130,6 +136,7 @@ SCHEMAS: dict = {
                          "description": "The device's local time: YYYY-MM-DD[THH:MM[:SS]], no offset."},
             "build": {"type": "string"}, "details_url": {"type": "string"},
             "enrollment_ids": _STRINGS,
+            "groups": {**_STRINGS, "description": "Groups to assign it to (their members now and later)."},
         },
         "example": {"version": "17.6", "deadline": "2027-01-15T18:00", "enrollment_ids": []},
     },
@@ -190,6 +197,17 @@ PATHS: dict = {
     **{path: {"delete": {"summary": "Take every set off an enrollment.", "parameters": [_ENROLLMENT_ID, _NONOTIFY],
                          "responses": {**_CHANGED, **_400, **_NOT_FOUND, **_401}}}
        for path in (f"{P}/enrollment-sets-all/{{enrollment_id}}", f"{P}/enrollment-sets-all/sets/{{enrollment_id}}")},
+    f"{P}/group-sets/{{group}}": {
+        "get": {"summary": "The sets assigned to a group (ours).", "parameters": [_GROUP],
+                "responses": {"200": _json(_STRINGS, "Set names."), **_400, "404": _error("No such group."),
+                              **_401}},
+        **{method: {"summary": summary, "description": "Every member's device channel gets the group's sets "
+                                                       "while it is a member; members are told at once.",
+                    "parameters": [_GROUP, _query("set", _NAME, "The set's name.", required=True), _NONOTIFY],
+                    "responses": {**_CHANGED, **_400, "404": _error("No such group."), **_401}}
+           for method, summary in (("put", "Assign a set to a group (ours)."),
+                                   ("delete", "Take a set off a group (ours)."))},
+    },
     f"{P}/declaration-status/{{ids}}": {
         "get": {"summary": "The latest reported status of each declaration, per enrollment.", "parameters": [_IDS],
                 "responses": {"200": _json(_ref("DdmDeclarationStatus"), "Per enrollment id."), **_400,
@@ -247,13 +265,13 @@ PATHS: dict = {
     },
     f"{P}/os-update": {
         "post": {"summary": "Enforce an OS version by a deadline: softwareupdate.enforcement.specific and its "
-                            "activation in set os-update-VERSION, assigned to the enrollments (an older "
-                            "os-update-* set on them is taken off).",
+                            "activation in set os-update-VERSION, assigned to the enrollments and groups (an "
+                            "older os-update-* set on them is taken off).",
                  "parameters": [_NONOTIFY],
                  "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("DdmOsUpdate")}}},
                  "responses": {"200": _json({"type": "object", "required": ["set", "declarations", "assigned",
                                                                             "replaced", "progress"]},
                                             "What was stored and assigned, and the progress so far."),
-                               **_400, **_401}},
+                               **_400, "404": _error("No such group."), **_401}},
     },
 }

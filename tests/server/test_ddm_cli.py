@@ -126,3 +126,46 @@ async def test_os_update_from_the_cli(ddm, tmp_path):
     code, out, err = await cli(config, "os-update", "--version", "17.6", "--deadline", "next week",
                                "--enrollment", UDID)
     assert code == 1 and "deadline" in err and len(err.strip().splitlines()) == 1
+
+
+async def test_os_update_and_assignment_for_a_group_from_the_cli(ddm):
+    config = ddm.server.config_path
+    async with ddm.device(UDID) as device, ddm.api() as api:
+        await device.enroll()
+        assert (await api.post("/v1/groups", json={"name": "lab-macs"})).status_code == 201
+        assert (await api.put(f"/v1/groups/lab-macs/members/{UDID}")).status_code == 200
+        code, out, err = await cli(config, "os-update", "--group", "lab-macs", "--version", "17.6", "--deadline",
+                                   "2027-01-15T18:00", process=True)
+        assert code == 0, err
+        assert out.splitlines() == [
+            "set os-update-17.6: 17.6 by 2027-01-15T18:00:00 (device local time), assigned to group lab-macs "
+            "(1 member(s))",
+            "os-update-17.6: 0 applied, 1 not yet reported (of 1)"]
+        client = DdmClient(device)
+        await client.sync()
+        assert client.declarations["os-update-17.6"]["Payload"]["TargetOSVersion"] == "17.6"
+        await client.report_status()
+    code, out, err = await cli(config, "status", "--declaration", "os-update-17.6")
+    assert out.strip() == "os-update-17.6: 1 applied, 0 not yet reported (of 1)"
+
+    # A newer enforcement replaces the older one on the group.
+    code, out, err = await cli(config, "os-update", "--group", "LAB-MACS", "--version", "17.7", "--deadline",
+                               "2027-02-01T18:00")
+    assert code == 0 and "taken off group lab-macs: os-update-17.6" in out.splitlines(), (out, err)
+    code, out, err = await cli(config, "assign", "staff", "--group", "lab-macs")
+    assert (code, out.strip()) == (0, "set staff newly assigned to group lab-macs"), err
+    code, out, err = await cli(config, "group-sets", "lab-macs")
+    assert out.split() == ["os-update-17.7", "staff"]
+    code, out, err = await cli(config, "status", UDID)
+    assert "from group lab-macs: os-update-17.7, staff" in out.splitlines()
+    code, out, err = await cli(config, "unassign", "staff", "--group", "lab-macs")
+    assert (code, out.strip()) == (0, "set staff taken off group lab-macs"), err
+
+    for args, reason in [(("os-update", "--group", "nope", "--version", "17.8", "--deadline", "2027-03-01"),
+                          "no group named 'nope'"),
+                         (("os-update", "--version", "17.8", "--deadline", "2027-03-01"), "--group"),
+                         (("assign", "staff"), "--group")]:
+        code, out, err = await cli(config, *args)
+        assert code == 1 and reason in err and len(err.strip().splitlines()) == 1, (args, err)
+    code, out, err = await cli(config, "sets")
+    assert "os-update-17.8" not in out  # the refused os-update stored nothing

@@ -38,9 +38,13 @@ class DdmServer:
         return await self.mdm.rows(sql, *args)
 
     async def settled(self, timeout: float = 10) -> None:
-        """Every marked enrollment has been dealt with by the notifier (its transaction committed)."""
+        """Every group membership change has been followed and every marked enrollment dealt with by the
+        notifier (its transaction committed)."""
         with trio.fail_after(timeout):
-            while (await self.rows("SELECT count(*) AS n FROM ddm_dirty"))[0]["n"]:
+            while (await self.rows(
+                    "SELECT (SELECT count(*) FROM ddm_dirty) AS dirty, (SELECT coalesce(max(id), 0) FROM "
+                    "group_changes) > (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'ddm_group_change_id') "
+                    "AS behind"))[0] != {"dirty": 0, "behind": 0}:
                 await trio.sleep(0.02)
 
     async def pushes_to(self, device: DeviceSim, count: int, timeout: float = 10) -> None:

@@ -13,6 +13,7 @@ import trio
 from appliance.clock import OffsetClock
 from tests.server.test_inventory import start_with_apns, wait_for_queue
 from tests.server.test_retention import _pass_after
+from tests.support.ddm_support import notifier_settled
 from tests.support.fleet_seed import command_plist, seed_devices
 from tests.support.mdm_support import start_mdm_server
 
@@ -25,6 +26,8 @@ async def fleet(nursery, tmp_path):
 
 
 async def snapshot(mdm) -> str:
+    # A membership change is followed by the DDM notifier in a transaction of its own: compare once it is done.
+    await notifier_settled(mdm.rows)
     return await mdm.dump()
 
 

@@ -38,14 +38,7 @@ class DdmServer:
         return await self.mdm.rows(sql, *args)
 
     async def settled(self, timeout: float = 10) -> None:
-        """Every group membership change has been followed and every marked enrollment dealt with by the
-        notifier (its transaction committed)."""
-        with trio.fail_after(timeout):
-            while (await self.rows(
-                    "SELECT (SELECT count(*) FROM ddm_dirty) AS dirty, (SELECT coalesce(max(id), 0) FROM "
-                    "group_changes) > (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'ddm_group_change_id') "
-                    "AS behind"))[0] != {"dirty": 0, "behind": 0}:
-                await trio.sleep(0.02)
+        await notifier_settled(self.rows, timeout)
 
     async def pushes_to(self, device: DeviceSim, count: int, timeout: float = 10) -> None:
         """Wait until the stand-in has seen `count` pushes to this device's token."""
@@ -59,6 +52,17 @@ class DdmServer:
             "SELECT q.command_uuid, q.sent_at, c.body FROM queue q JOIN commands c ON c.uuid = q.command_uuid "
             "WHERE q.enrollment_id = ? AND c.request_type = 'DeclarativeManagement' AND q.cancelled_at IS NULL",
             enrollment_id)
+
+
+async def notifier_settled(rows, timeout: float = 10) -> None:
+    """Every group membership change has been followed and every marked enrollment dealt with by the DDM
+    notifier (its transaction committed). rows: a server's rows(sql) reader."""
+    with trio.fail_after(timeout):
+        while (await rows(
+                "SELECT (SELECT count(*) FROM ddm_dirty) AS dirty, (SELECT coalesce(max(id), 0) FROM "
+                "group_changes) > (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'ddm_group_change_id') "
+                "AS behind"))[0] != {"dirty": 0, "behind": 0}:
+            await trio.sleep(0.02)
 
 
 async def start_ddm_server(nursery, tmp_path: Path, *, apns: bool = True, clock: Clock = SYSTEM,

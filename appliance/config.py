@@ -463,6 +463,8 @@ class AdeConfig(Section):
             except (OSError, ValueError) as exc:
                 raise ValueError(f"{path}: no PEM certificate in it ({exc})") from None
         return value
+
+
 class QueueConfig(Section):
     # A command the API queues without ?ttl= expires this long after it was queued if no device took it
     # to a final status by then (0: never). Commands the appliance queues itself (DDM, inventory) do not expire.

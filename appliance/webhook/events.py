@@ -142,6 +142,8 @@ def ade_event(kind: str, fields: dict) -> tuple[str, bytes]:
     (DeviceConfigured acknowledged) -> (topic, JSON body)."""
     topic = ADE_TOPICS[kind]
     return topic, _envelope(topic, "ade_event", dict(fields))
+
+
 def command_expired_event(*, udid: str, enrollment_id: str, ids: dict, command_uuid: str, request_type: str,
                           queued_at: str, expires_at: str, sent_at: str | None, not_now_count: int
                           ) -> tuple[str, bytes]:

@@ -26,16 +26,6 @@ if not CHROMIUM.exists():
 sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
 
 
-@pytest.fixture(autouse=True)
-def _keep_umask():
-    """serve() sets the process umask to 0077 (its data_dir is private); put it back after each test here,
-    so tests collected after these (packaging/build runs dpkg-deb, which wants 0755 folders) see the usual one."""
-    before = os.umask(0o022)
-    os.umask(before)
-    yield
-    os.umask(before)
-
-
 def _browse(flow, *args):
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)

@@ -4,6 +4,7 @@ MDM_PACKAGING_PREBUILT=1 tests what dist/ holds instead (after running packaging
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -29,16 +30,41 @@ def built() -> Built:
     has_dpkg = shutil.which("dpkg-deb") is not None and shutil.which("dpkg-shlibdeps") is not None
     log = None
     if os.environ.get("MDM_PACKAGING_PREBUILT") != "1":
-        command = [str(ROOT / "packaging" / "build")] + ([] if has_dpkg else ["--no-deb"])
-        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=BUILD_TIMEOUT)
-        assert result.returncode == 0, f"packaging/build failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-        log = result.stdout + result.stderr
+        log = _build_once_per_run([] if has_dpkg else ["--no-deb"])
     deb = None
     if has_dpkg:
         arch = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True).stdout.strip()
         deb = ROOT / "dist" / f"mdm-appliance_{pyproject_version()}_{arch}.deb"
         assert deb.is_file()
     return Built(ROOT / "dist" / "mdm-appliance", deb, log)
+
+
+def _build_once_per_run(options: list[str]) -> str:
+    """Run packaging/build, once per test run even under pytest-xdist: workers share one build, the first
+    to take the lock builds and the others wait for it and read its log."""
+    run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID")  # None without xdist: one session, one build
+    (ROOT / "build").mkdir(exist_ok=True)
+    done, log_file = ROOT / "build" / "tests-built-for", ROOT / "build" / "tests-build.log"
+    with open(ROOT / "build" / "tests-build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if run_id is not None and done.exists() and done.read_text() == run_id:
+            return log_file.read_text()
+        done.unlink(missing_ok=True)
+        command = [str(ROOT / "packaging" / "build"), *options]
+        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=BUILD_TIMEOUT)
+        assert result.returncode == 0, f"packaging/build failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        log_file.write_text(result.stdout + result.stderr)
+        done.write_text(run_id or "")
+        return result.stdout + result.stderr
+
+
+@pytest.fixture(autouse=True)
+def _usual_umask():
+    """Install and run as an administrator would, with the usual umask: serve() sets 0077 for the whole
+    process, and under xdist a server test may have run in this worker before."""
+    before = os.umask(0o022)
+    yield
+    os.umask(before)
 
 
 @pytest.fixture

@@ -556,6 +556,8 @@ class DdmService:
         more = await self.runtime.store.read(store.group_changes_waiting)
         while more:
             _, more = await self.runtime.store.write(store.follow_group_changes, self.batch_size)
+        if not await self.runtime.store.read(store.dirty_count):
+            return
         while True:
             told, more = await self.runtime.store.write(notify_batch, self.batch_size)
             if told:

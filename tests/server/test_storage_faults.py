@@ -214,6 +214,13 @@ async def test_the_webhook_worker_waits_out_a_full_disk_instead_of_ending_the_pr
                 with trio.fail_after(20):
                     while store.refused["disk_full"] == 0:
                         await trio.sleep(0.05)
+                # The DDM notifier, woken with nothing marked, must not commit an empty transaction either
+                # (it would end the fault state while device requests still fail).
+                ddm = mdm.server.runtime.ddm
+                for _ in range(3):
+                    ddm.wake()
+                    await trio.sleep(0.05)
+                    await ddm.idle.wait()
                 async with mdm.server.client() as http:
                     assert (await http.get("/healthz")).json()["checks"]["store"]["fault"] == "disk_full"
                 await tmpfs.free()

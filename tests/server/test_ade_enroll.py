@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import plistlib
 import uuid
+
+import trio
 from urllib.parse import urlsplit
 
 from cryptography import x509
@@ -25,14 +27,14 @@ SERIAL = "C02ADE000001"
 SIGNED = {"Content-Type": "application/pkcs7-signature"}
 
 
-async def ade_appliance(nursery, tmp_path, sim: DepSim, *, ade: dict, webhook: dict | None = None):
+async def ade_appliance(nursery, tmp_path, sim: DepSim, *, ade: dict, webhook: dict | None = None, **overrides):
     """An appliance listening where its public_url says (the profile's URLs are called), with a push
     certificate (the profile needs its Topic), synced with the simulator's server "main"."""
     port = free_port()
     config = make_config(tmp_path, port=port, server={"public_url": f"https://127.0.0.1:{port}"},
                          apns={"url": "https://127.0.0.1:9"},
                          abm={"api_url": await start_sim(nursery, sim), "sync_interval": "1h"},
-                         ade=ade, **({"webhook": webhook} if webhook else {}))
+                         ade=ade, **({"webhook": webhook} if webhook else {}), **overrides)
     server = await start_server(nursery, config)
     await import_push_certificate(server)
     await connect(server, sim, "main")
@@ -196,4 +198,41 @@ async def test_unsigned_machine_info_and_unknown_devices_only_when_the_operator_
         assert (await device.acknowledge(reply.command_uuid)).command is None
     async with server.api_client() as api:
         assert (await api.get("/v1/devices/U-1")).json()["abm"] is None  # not an ABM device of ours
+    server.stop()
+
+
+async def test_inventory_and_groups_apply_from_an_ade_devices_first_check_in(tmp_path, nursery):
+    """A device held in Setup Assistant gets its setup commands first; the inventory the appliance queues at
+    enrollment reaches it too, its answer fills the record, and a dynamic group takes the device in."""
+    chain = DeviceChain(tmp_path)
+    sim = DepSim()
+    sim.add_server("main").add(SERIAL, model="MacBook Pro", os="OSX", family="Mac")
+    server = await ade_appliance(nursery, tmp_path, sim, inventory={"commands": ["DeviceInformation"]}, ade={
+        "await_device_configured": True, "device_ca_files": [str(chain.root_pem_path)],
+        "setup_commands": [{"command": {"RequestType": "Settings", "Settings": [
+            {"Item": "DeviceName", "DeviceName": "Front desk"}]}}]})
+    async with server.api_client() as api:
+        made = await api.post("/v1/groups", json={"name": "macbooks", "filter": 'model_name contains "MacBook"'})
+        assert made.status_code == 201, made.text
+    udid = str(uuid.uuid4()).upper()
+    async with server.client() as http:
+        answer = await http.post("/mdm/ade", content=chain.sign(machine_info(udid, SERIAL)), headers=SIGNED)
+        assert answer.status_code == 200, answer.text
+        identity, key, mdm = await scep_identity(http, answer.content, f"ADE {udid}")
+    async with DeviceSim(server.base_url, server.ssl_context(), identity, key, udid, serial_number=SERIAL,
+                         topic=mdm["Topic"]) as device:
+        await device.authenticate()
+        assert (await device.token_update(AwaitingConfiguration=True)).status == 200
+        seen: list[str] = []
+        with trio.fail_after(20):  # the inventory is queued by its worker, woken once TokenUpdate committed
+            while not {"DeviceConfigured", "DeviceInformation"} <= set(seen):
+                seen += [request_type for _, request_type in await device.answer_commands()]
+                await trio.sleep(0.05)
+    assert seen[0] == "Settings" and seen.index("DeviceConfigured") > 0, seen
+    async with server.api_client() as api:
+        record = (await api.get(f"/v1/devices/{udid}")).json()
+        assert record["model_name"] == "MacBook Pro" and record["inventory"]["inventory_at"] is not None
+        assert record["abm"]["ade"]["setup_state"] == "configured"
+        members = (await api.get("/v1/devices", params={"group": "macbooks"})).json()["devices"]
+        assert [d["id"] for d in members] == [udid]
     server.stop()

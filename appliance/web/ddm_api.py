@@ -20,6 +20,7 @@ from quart import Blueprint, Response, jsonify, request
 from appliance.logs import get_logger
 from appliance.service.ddm import Conflict, NotFound, Refused, Saved
 from appliance.store import ddm as store
+from appliance.store import groups
 from appliance.store.timefmt import from_text
 from appliance.web.app import runtime
 from appliance.web.auth import require_api_key
@@ -253,6 +254,10 @@ async def notify():
     await request.get_data()
     args = request.args
     ids = [eid for eid in args.getlist("id") if eid]
+    if any(eid.startswith(groups.PREFIX) for eid in ids):  # group:NAME: its members now, as in enqueue
+        ids, _, unknown = await runtime().store.read(groups.expand, ids)
+        if unknown:
+            raise ApiError(404, "group_not_found", f"no group named {unknown[0][len(groups.PREFIX):]!r}")
     await _call(_service().notify(declarations=[d for d in args.getlist("declaration") if d],
                                   sets=[s for s in args.getlist("set") if s], enrollment_ids=ids))
     return Response("", status=204)

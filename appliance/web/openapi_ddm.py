@@ -237,9 +237,12 @@ PATHS: dict = {
     f"{P}/notify": {
         "post": {"summary": "Tell enrollments (by id, by set, or those a declaration reaches) even if nothing "
                             "changed; at most one DeclarativeManagement command waits per enrollment.",
-                 "parameters": [_query(name, {"type": "array", "items": _ENROLLMENT}, f"Repeatable: {name}.")
-                                for name in ("id", "set", "declaration")],
-                 "responses": {"204": {"description": "Marked; the notifier tells them at once."}, **_400, **_401}},
+                 "parameters": [_query("id", {"type": "array", "items": _ENROLLMENT},
+                                       "Repeatable: id. group:NAME stands for the group's members.")]
+                               + [_query(name, {"type": "array", "items": _ENROLLMENT}, f"Repeatable: {name}.")
+                                  for name in ("set", "declaration")],
+                 "responses": {"204": {"description": "Marked; the notifier tells them at once."}, **_400, **_401,
+                               **_NOT_FOUND}},
     },
     f"{P}/status-summary": {
         "get": {"summary": "Fleet-wide: per declaration, how many enrollments have it applied, invalid, ...",

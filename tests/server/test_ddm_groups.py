@@ -91,6 +91,11 @@ async def test_a_static_groups_set_reaches_its_members_only_and_follows_membersh
         assert sorted(left.removed) == ["act.lab", "cfg.lab"]
         assert (await outsider_client.declaration("configuration", "cfg.lab")).status == 404
         assert await ddm.pending_ddm_commands(MEMBER) == []  # the member was not told: nothing changed for it
+        # notify?id=group:NAME tells the group's members now; an unknown group is a 404 and tells nobody.
+        assert (await api.post(f"{API}/notify", params={"id": "group:nope"})).status_code == 404
+        assert (await api.post(f"{API}/notify", params={"id": "group:lab"})).status_code == 204
+        await ddm.settled()
+        assert len(await ddm.pending_ddm_commands(MEMBER)) == 1 and await ddm.pending_ddm_commands(OUTSIDER) == []
 
         # Deleting the group takes its assignment with it (a new group of that name starts without sets).
         assert (await api.delete("/v1/groups/lab")).status_code == 200

@@ -18,10 +18,10 @@ import trio
 
 from appliance.service import commands
 from appliance.store import queue
-from tests.support.apns_certs import make_ca, make_push_cert, make_server
-from tests.support.apns_standin import Answer, StandIn
+from tests.support.apns_standin import Answer
 from tests.support.fleet_seed import command_plist, seed_devices, udid
 from tests.support.harness import API_KEY, make_config, start_server
+from tests.support.push_support import start_apns_standin
 
 RECORDED = json.loads((Path(__file__).resolve().parents[1] / "support" / "data" / "nanomdm_enqueue_answer.json").read_text())
 
@@ -182,17 +182,10 @@ async def test_enqueue_to_ten_thousand_ids_in_one_call(server):
 @pytest.fixture
 async def with_apns(nursery, tmp_path):
     """The real server pushing to a local APNs stand-in (real HTTP/2 + TLS), a push certificate imported."""
-    server_ca, push_ca = make_ca("Stand-in APNs server CA"), make_ca("Stand-in Apple push CA")
-    identity = make_server(server_ca)
-    ca_file = tmp_path / "apns-ca.pem"
-    ca_file.write_bytes(server_ca.cert_pem)
-    standin = StandIn.create(identity.cert_pem, identity.key_pem, push_ca.cert_pem)
-    await nursery.start(standin.serve)
-    server = await start_server(nursery, make_config(tmp_path, apns={"url": standin.url, "ca_file": str(ca_file)}))
-    cert = make_push_cert(push_ca)
-    async with server.api_client() as api:
-        assert (await api.put("/v1/pushcert", content=cert.cert_pem + cert.key_pem)).status_code == 200
-    yield server, standin
+    apns = await start_apns_standin(nursery, tmp_path)
+    server = await start_server(nursery, make_config(tmp_path, apns=apns.apns))
+    await apns.import_push_cert(server)
+    yield server, apns.standin
     server.stop()
 
 

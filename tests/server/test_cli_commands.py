@@ -15,10 +15,10 @@ import pytest
 import trio
 
 from tests.server.test_cli_admin import ROOT, cli
-from tests.support.apns_certs import make_ca, make_push_cert, make_server
-from tests.support.apns_standin import Answer, StandIn
+from tests.support.apns_standin import Answer
 from tests.support.harness import free_port
 from tests.support.mdm_support import start_mdm_server
+from tests.support.push_support import start_apns_standin
 
 
 @pytest.fixture
@@ -203,17 +203,10 @@ async def test_results_are_readable(mdm):
 
 
 async def test_device_shows_the_last_push_time_result_and_reason(nursery, tmp_path):
-    server_ca, push_ca = make_ca("Stand-in APNs server CA"), make_ca("Stand-in Apple push CA")
-    identity = make_server(server_ca)
-    ca_file = tmp_path / "apns-ca.pem"
-    ca_file.write_bytes(server_ca.cert_pem)
-    standin = StandIn.create(identity.cert_pem, identity.key_pem, push_ca.cert_pem)
-    await nursery.start(standin.serve)
-    mdm = await start_mdm_server(nursery, tmp_path, port=free_port(),
-                                 apns={"url": standin.url, "ca_file": str(ca_file)})
-    cert = make_push_cert(push_ca)
-    async with mdm.server.api_client() as api:
-        assert (await api.put("/v1/pushcert", content=cert.cert_pem + cert.key_pem)).status_code == 200
+    apns = await start_apns_standin(nursery, tmp_path)
+    standin = apns.standin
+    mdm = await start_mdm_server(nursery, tmp_path, port=free_port(), apns=apns.apns)
+    await apns.import_push_cert(mdm.server)
     async with mdm.device("DEV-1") as device:
         await device.enroll()
         standin.answers[device.push_token.hex()] = Answer(400, "BadDeviceToken")

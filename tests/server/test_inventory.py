@@ -12,27 +12,19 @@ import trio
 
 from appliance.clock import OffsetClock
 from appliance.store.timefmt import from_text
-from tests.support.apns_certs import make_ca, make_push_cert, make_server
-from tests.support.apns_standin import StandIn
 from tests.support.mdm_support import start_mdm_server
+from tests.support.push_support import start_apns_standin
 
 INVENTORY = ["DeviceInformation", "SecurityInfo", "ProfileList", "CertificateList", "InstalledApplicationList"]
 
 
 async def start_with_apns(nursery, tmp_path, **overrides):
     """The MDM test server with inventory on, pushing to a local APNs stand-in."""
-    server_ca, push_ca = make_ca("Stand-in APNs server CA"), make_ca("Stand-in Apple push CA")
-    identity = make_server(server_ca)
-    ca_file = tmp_path / "apns-ca.pem"
-    ca_file.write_bytes(server_ca.cert_pem)
-    standin = StandIn.create(identity.cert_pem, identity.key_pem, push_ca.cert_pem)
-    await nursery.start(standin.serve)
-    mdm = await start_mdm_server(nursery, tmp_path, apns={"url": standin.url, "ca_file": str(ca_file)},
+    apns = await start_apns_standin(nursery, tmp_path)
+    mdm = await start_mdm_server(nursery, tmp_path, apns=apns.apns,
                                  inventory={"commands": INVENTORY, **overrides.pop("inventory", {})}, **overrides)
-    cert = make_push_cert(push_ca)
-    async with mdm.server.api_client() as api:
-        assert (await api.put("/v1/pushcert", content=cert.cert_pem + cert.key_pem)).status_code == 200
-    return mdm, standin
+    await apns.import_push_cert(mdm.server)
+    return mdm, apns.standin
 
 
 @pytest.fixture

@@ -11,10 +11,10 @@ from pathlib import Path
 import trio
 
 from appliance.clock import SYSTEM, Clock
-from tests.support.apns_certs import make_ca, make_push_cert, make_server
 from tests.support.apns_standin import StandIn
 from tests.support.device_sim import DeviceSim
 from tests.support.mdm_support import MdmServer, start_mdm_server
+from tests.support.push_support import start_apns_standin
 
 API = "/api/v1/ddm"
 
@@ -67,22 +67,13 @@ async def notifier_settled(rows, timeout: float = 10) -> None:
 
 async def start_ddm_server(nursery, tmp_path: Path, *, apns: bool = True, clock: Clock = SYSTEM,
                            **overrides) -> DdmServer:
-    standin = None
-    if apns:
-        server_ca, push_ca = make_ca("Stand-in APNs server CA"), make_ca("Stand-in Apple push CA")
-        identity = make_server(server_ca)
-        ca_file = tmp_path / "apns-ca.pem"
-        ca_file.write_bytes(server_ca.cert_pem)
-        standin = StandIn.create(identity.cert_pem, identity.key_pem, push_ca.cert_pem)
-        await nursery.start(standin.serve)
-        overrides["apns"] = {"url": standin.url, "ca_file": str(ca_file), **overrides.get("apns", {})}
+    stand_in = await start_apns_standin(nursery, tmp_path) if apns else None
+    if stand_in is not None:
+        overrides["apns"] = {**stand_in.apns, **overrides.get("apns", {})}
     mdm = await start_mdm_server(nursery, tmp_path, clock=clock, **overrides)
-    if apns:
-        cert = make_push_cert(push_ca)
-        async with mdm.server.api_client() as api:
-            answer = await api.put("/v1/pushcert", content=cert.cert_pem + cert.key_pem)
-            assert answer.status_code == 200, answer.text
-    return DdmServer(mdm, standin)
+    if stand_in is not None:
+        await stand_in.import_push_cert(mdm.server)
+    return DdmServer(mdm, stand_in.standin if stand_in else None)
 
 
 def configuration(identifier: str, declaration_type: str = "com.apple.configuration.management.test",

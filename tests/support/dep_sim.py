@@ -42,6 +42,8 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
+from tests.support.asgi import read_body, serve_lifespan
+
 CURSOR_DAYS = 7
 
 
@@ -351,19 +353,8 @@ class DepSim:
 
     async def app(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        raw = b""
-        while True:
-            message = await receive()
-            raw += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+            return await serve_lifespan(receive, send)
+        raw = await read_body(receive)
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         method, path = scope["method"], scope["path"]
         hold = self.holds.get(path)

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
+
+from tests.support.apns_certs import make_ca, make_push_cert, make_server
+from tests.support.apns_standin import StandIn
 
 NOW = "2026-01-01T00:00:00.000000Z"
 
@@ -47,3 +51,26 @@ async def import_cert(server, ident) -> None:
     async with server.api_client() as api:
         put = await api.put("/v1/pushcert", content=ident.cert_pem + ident.key_pem)
     assert put.status_code == 200, put.text
+
+
+@dataclass
+class ApnsStandIn:
+    """A local APNs stand-in (real HTTP/2 + TLS) and what the appliance needs to push to it."""
+
+    standin: StandIn
+    apns: dict  # the [apns] keys that point the appliance at it
+    push_ca: object
+
+    async def import_push_cert(self, server) -> None:
+        """A push certificate from the stand-in's Apple CA, imported over the API."""
+        await import_cert(server, make_push_cert(self.push_ca))
+
+
+async def start_apns_standin(nursery, tmp_path: Path) -> ApnsStandIn:
+    server_ca, push_ca = make_ca("Stand-in APNs server CA"), make_ca("Stand-in Apple push CA")
+    identity = make_server(server_ca)
+    ca_file = tmp_path / "apns-ca.pem"
+    ca_file.write_bytes(server_ca.cert_pem)
+    standin = StandIn.create(identity.cert_pem, identity.key_pem, push_ca.cert_pem)
+    await nursery.start(standin.serve)
+    return ApnsStandIn(standin, {"url": standin.url, "ca_file": str(ca_file)}, push_ca)

@@ -13,6 +13,8 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
+from tests.support.asgi import read_body, serve_lifespan
+
 
 @dataclass
 class Delivery:
@@ -39,19 +41,8 @@ class Receiver:
 
     async def app(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+            return await serve_lifespan(receive, send)
+        body = await read_body(receive)
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         self.attempts += 1
         status = self.status

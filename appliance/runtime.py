@@ -6,7 +6,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -18,6 +18,17 @@ from appliance.metrics import Metrics
 from appliance.service.accounts import SignInLimits
 from appliance.service.groups import MembershipWatch
 from appliance.store.db import Store
+
+if TYPE_CHECKING:  # the parts that fill these fields import Runtime themselves
+    from appliance.push.scheduler import PushService
+    from appliance.service.abm import AbmService
+    from appliance.service.ade import AdeService
+    from appliance.service.ddm import DdmService
+    from appliance.service.inventory import InventoryService
+    from appliance.service.renewal import Renewals
+    from appliance.service.retention import Retention
+    from appliance.web.identify import DeviceIdentification
+    from appliance.webhook.deliver import WebhookWorker
 
 # A health contributor: returns (name, details, severity) where severity is "ok", "warning" or "error".
 HealthCheck = Callable[[], Awaitable[tuple[str, dict, str]]]
@@ -37,15 +48,15 @@ class Runtime:
     console_key: str = ""  # signs the web console's session cookies (data_dir/console.key)
     started_at: float = field(default_factory=time.time)
     # Filled by parts as they start (see supervisor.serve).
-    push: Any = None
-    webhooks: Any = None
-    ddm: Any = None
-    renewals: Any = None
-    retention: Any = None  # appliance.service.retention.Retention: database figures for /metrics
-    inventory: Any = None  # appliance.service.inventory.InventoryService
-    trust: Any = None
-    abm: Any = None  # the ABM sync service (service/abm.py)
-    ade: Any = None  # the ADE endpoint's and setup steps' prepared config (service/ade.py)
+    push: PushService | None = None
+    webhooks: WebhookWorker | None = None  # None without [webhook] url
+    ddm: DdmService | None = None
+    renewals: Renewals | None = None
+    retention: Retention | None = None  # also the database figures for /metrics
+    inventory: InventoryService | None = None
+    trust: DeviceIdentification | None = None  # how device requests prove their identity
+    abm: AbmService | None = None
+    ade: AdeService | None = None  # the ADE endpoint's and setup steps' prepared config
     # Told after every commit that changed group membership (appliance.service.groups).
     group_changes: MembershipWatch = field(default_factory=MembershipWatch)
     health_checks: list[HealthCheck] = field(default_factory=list)

@@ -40,6 +40,15 @@ class DuplicateCommand(ValueError):
     """The CommandUUID was used before (a 409)."""
 
 
+class CountChanged(ValueError):
+    """A person confirmed a destructive command for `confirmed` enrollments, but the ids (a group's members)
+    stand for `found` when it is queued: nothing was queued."""
+
+    def __init__(self, confirmed: int, found: int) -> None:
+        super().__init__(f"confirmed for {confirmed} devices, but it goes to {found} now")
+        self.confirmed, self.found = confirmed, found
+
+
 def split_ids(path_ids: str) -> list[str]:
     """'id1,id2,...' from the URL -> unique ids in the order given. Empty entries (a trailing comma from a
     script joining ids) are skipped, as NanoMDM's push endpoint does."""
@@ -58,9 +67,12 @@ def check_ids(ids: list[Any]) -> list[str]:
     return list(dict.fromkeys(ids))
 
 
-def _enqueue_and_check(conn, command: Command, ids: list[str], with_push: bool, ttl: float | None, now: str):
+def _enqueue_and_check(conn, command: Command, ids: list[str], with_push: bool, ttl: float | None, now: str,
+                       confirmed: int | None = None):
     # group:NAME stands for the group's members as they are in this transaction, recorded with the command.
     targets, snapshots, unknown = groups.expand(conn, ids)
+    if confirmed is not None and len(targets) != confirmed:
+        raise CountChanged(confirmed, len(targets))  # counted in the same transaction that would queue it
     outcome = queue.enqueue(conn, command.uuid, command.request_type, command.body, targets, ttl=ttl)
     queued = [eid for eid, error in outcome.items() if error is None]
     if queued and snapshots:
@@ -77,15 +89,17 @@ def group_errors(unknown: list[str], snapshots: list[groups.Snapshot]) -> dict[s
     return errors
 
 
-async def enqueue(runtime, command: Command, ids: list[str], *, no_push: bool, ttl: float | None = None
-                  ) -> tuple[int, dict]:
+async def enqueue(runtime, command: Command, ids: list[str], *, no_push: bool, ttl: float | None = None,
+                  confirmed: int | None = None) -> tuple[int, dict]:
     """Queue the command to every id and push them; returns (HTTP status, NanoMDM-shaped answer).
-    ttl: seconds until it expires where still pending (0: never; None: [queue] command_ttl)."""
+    ttl: seconds until it expires where still pending (0: never; None: [queue] command_ttl).
+    confirmed: the number of devices a person typed to confirm it; CountChanged (nothing queued) when the
+    ids, groups expanded, stand for another number at the moment of queueing."""
     push = None if no_push else runtime.push
     seconds = runtime.config.queue.command_ttl if ttl is None else ttl
     try:
         outcome, reasons = await runtime.store.write(_enqueue_and_check, command, ids, push is not None,
-                                                     seconds or None, now_text())
+                                                     seconds or None, now_text(), confirmed)
     except queue.CommandExists:
         raise DuplicateCommand(
             f"CommandUUID {command.uuid} was already used; every command needs a new UUID"

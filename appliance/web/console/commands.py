@@ -1,9 +1,10 @@
-"""Sending a command (to one device, a selection, or every device a search matches), watching its results
-arrive, and cancelling pending commands."""
+"""Sending a command (to one device, a selection, a group, or every device a search matches), watching its
+results arrive, and cancelling pending commands."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from urllib.parse import urlencode
 
 from quart import jsonify, redirect, render_template, request
@@ -12,8 +13,9 @@ from appliance.protocol import catalog
 from appliance.protocol import commands as command_rules
 from appliance.protocol.errors import MessageError
 from appliance.service import commands
-from appliance.store import audit, fleet
+from appliance.store import audit, fleet, groups
 from appliance.store import queue as queue_store
+from appliance.store.device_filter import FilterError
 from appliance.store.device_search import matching_ids
 from appliance.web.app import runtime
 from appliance.web.console import forms, results
@@ -22,21 +24,52 @@ from appliance.web.console.pages import device_query
 
 MAX_TARGETS = 10_000
 SHOWN_ENROLLMENTS = 200
+SEARCH_ARGS = ("all", "q", "state", "filter", "group")
 
 
-async def targets(args) -> tuple[list[str], str]:
-    """(enrollment ids, how they were chosen) from ?ids=... (repeated or comma-separated) or a search."""
+@dataclass(frozen=True)
+class Targets:
+    """Where a command goes: what is handed to the enqueue, and how many devices that is now."""
+
+    ids: list[str]  # enrollment ids, or one group:NAME (expanded, and recorded, when it is queued)
+    count: int  # devices it stands for as read now; a destructive command's confirmation must match it
+    chosen: str  # how they were chosen, in words
+    group: str | None = None
+    error: str | None = None
+
+
+async def targets(args) -> Targets:
+    """From ?ids=... (repeated or comma-separated), ?group=NAME, or ?all=1 with the devices page's search."""
     ids = [part.strip() for value in args.getlist("ids") for part in value.split(",") if part.strip()]
     if ids:
-        return list(dict.fromkeys(ids))[:MAX_TARGETS + 1], "selection"
+        ids = list(dict.fromkeys(ids))[:MAX_TARGETS + 1]
+        return Targets(ids, len(ids), "selection")
     if args.get("all") == "1":
-        query = device_query(args)
+        try:
+            query = device_query(args)
+        except FilterError as exc:
+            return Targets([], 0, "nothing", error=f"The filter cannot be used: {exc}")
         found = await runtime().store.read(matching_ids, query)
-        what = f"every device matching “{query.text}”" if query.text else "every device"
-        if query.state != "all":
-            what += f" ({query.state})"
-        return found[:MAX_TARGETS + 1], what
-    return [], "nothing"
+        return Targets(found[:MAX_TARGETS + 1], len(found), describe_search(query))
+    name = (args.get("group") or "").strip()
+    if name:
+        group = await runtime().store.read(groups.get, name)
+        if group is None:
+            return Targets([], 0, "nothing", error=f"No group named “{name}”.")
+        return Targets([groups.PREFIX + group["name"]], group["member_count"], f"group {group['name']}",
+                       group=group["name"])
+    return Targets([], 0, "nothing")
+
+
+def describe_search(query) -> str:
+    parts = [f"matching “{query.text}”"] if query.text else []
+    if query.filter is not None:
+        parts.append(f"where {query.filter.text}")
+    if query.group:
+        parts.append(f"in group {query.group}")
+    if query.state != "all":
+        parts.append(f"({query.state})")
+    return " ".join(["every device", *parts])
 
 
 RAW = "raw"  # the form's choice for a command the catalog does not know: RequestType + JSON keys
@@ -46,10 +79,11 @@ def _spec(request_type: str | None):
     return catalog.find(request_type) if request_type and request_type != RAW else None
 
 
-async def _send_form(status: int, ids: list[str], chosen: str, search: dict, request_type: str | None,
-                     form, errors: list[str]):
+async def _send_form(status: int, chosen: Targets, search: dict, request_type: str | None, form,
+                     errors: list[str]):
     spec = _spec(request_type)
-    return await render("send.html", status=status, ids=ids, chosen=chosen, search=search, form=form,
+    all_groups = await runtime().store.read(groups.list_groups)
+    return await render("send.html", status=status, targets=chosen, search=search, form=form, groups=all_groups,
                         errors=errors, request_type=request_type, spec=spec,
                         fields=forms.fields(spec) if spec else [], catalog=catalog.commands(),
                         categories=catalog.CATEGORIES, raw=RAW,
@@ -59,39 +93,58 @@ async def _send_form(status: int, ids: list[str], chosen: str, search: dict, req
 @blueprint.get(PREFIX + "/commands/new")
 @requires("operator")
 async def new_command():
-    ids, chosen = await targets(request.args)
-    return await _send_form(200, ids, chosen, _search_args(request.args), request.args.get("type"),
-                            request.args, [])
+    chosen = await targets(request.args)
+    return await _send_form(400 if chosen.error else 200, chosen, _search_args(request.args),
+                            request.args.get("type"), request.args, [chosen.error] if chosen.error else [])
 
 
 def _search_args(args) -> dict:
-    return {key: args[key] for key in ("all", "q", "state") if args.get(key)}
+    return {key: args[key] for key in SEARCH_ARGS if args.get(key)}
 
 
 @blueprint.post(PREFIX + "/commands")
 @requires("operator")
 async def send_command():
     form, files = await request.form, await request.files
-    ids, chosen = await targets(form)
+    chosen = await targets(form)
     request_type = (form.get("type") or "").strip()
-    errors = []
-    if not ids:
+    errors = [chosen.error] if chosen.error else []
+    if chosen.group and not chosen.count:
+        errors.append(f"Group {chosen.group} has no members.")
+    elif not chosen.ids and not chosen.error:
         errors.append("Choose at least one device.")
-    if len(ids) > MAX_TARGETS:
+    if chosen.count > MAX_TARGETS:
         errors.append(f"At most {MAX_TARGETS} devices per command.")
     command = None
     try:
         command = command_rules.build_command(_command_from_form(request_type, form, files))
     except (MessageError, ValueError) as exc:
         errors.append(str(exc))
-    if command is not None and catalog.is_destructive(command.request_type) and form.get("confirm", "").strip() != str(len(ids)):
-        errors.append(f"{command.request_type} is destructive: type the number of devices ({len(ids)}) to confirm.")
+    confirmed = None
+    if command is not None and catalog.is_destructive(command.request_type):
+        typed = form.get("confirm", "").strip()
+        confirmed = int(typed) if typed.isdigit() and len(typed) < 7 else None
+        if confirmed != chosen.count:
+            errors.append(f"{command.request_type} is destructive: type the number of devices ({chosen.count}) "
+                          "to confirm.")
     if errors:
-        return await _send_form(400, ids, chosen, _search_args(form), request_type, form, errors)
-    code, answer = await commands.enqueue(runtime(), command, ids, no_push=False)
+        return await _send_form(400, chosen, _search_args(form), request_type, form, errors)
+    try:
+        code, answer = await commands.enqueue(runtime(), command, chosen.ids, no_push=False, confirmed=confirmed)
+    except commands.CountChanged as exc:
+        # The group's members changed since the form was read: nothing was queued; ask again with the number.
+        chosen = await targets(form)
+        return await _send_form(400, chosen, _search_args(form), request_type, form, [
+            f"Not sent: {chosen.chosen} now has {exc.found} devices, not the {exc.confirmed} you confirmed. "
+            f"Type {exc.found} to send {command.request_type} to them."])
     queued = [eid for eid, entry in answer["status"].items() if "command_error" not in entry]
-    await audit_now("command.send", queued, {"command_uuid": command.uuid, "request_type": command.request_type,
-                                             "chosen": chosen, "refused": len(ids) - len(queued)})
+    details = {"command_uuid": command.uuid, "request_type": command.request_type, "chosen": chosen.chosen,
+               "refused": len(answer["status"]) - len(queued)}
+    if chosen.group:
+        details["group"] = chosen.group
+    if confirmed is not None:
+        details["confirmed"] = confirmed
+    await audit_now("command.send", queued, details)
     return redirect(f"{PREFIX}/commands/{command.uuid}", 303)
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from dataclasses import replace
 
 from quart import g, redirect, request
 
 from appliance.logs import get_logger
 from appliance.store import accounts as account_store
-from appliance.store import audit, fleet, overview
+from appliance.store import audit, ddm, device_filter, fleet, groups, overview
 from appliance.store import queue as queue_store
 from appliance.store.timefmt import from_text, now
 from appliance.store.device_search import SORTS, STATES, DeviceQuery, search
@@ -90,18 +91,30 @@ async def overview_page():
     return await render("overview.html", figures=figures, push=push)
 
 
-def device_query(args) -> DeviceQuery:
-    """The devices page's query from its URL (?q=&state=&sort=&dir=&after=); bad values fall back."""
+def device_query(args, *, with_filter: bool = True) -> DeviceQuery:
+    """The devices page's query from its URL (?q=&filter=&group=&state=&sort=&dir=&after=). Bad choices
+    fall back; a filter that does not parse raises device_filter.FilterError (shown with its position)."""
     state = args.get("state", "all")
     sort = args.get("sort", "name")
+    filter_text = (args.get("filter") or "").strip()
     return DeviceQuery(
         text=(args.get("q") or "").strip()[:200] or None,
         state=state if state in STATES else "all",
+        filter=device_filter.parse(filter_text) if filter_text and with_filter else None,
+        group=(args.get("group") or "").strip() or None,
         sort=sort if sort in SORTS else "name",
         descending=args.get("dir") == "desc",
         after=decode_after(args.get("after")),
         limit=PAGE_SIZE,
     )
+
+
+def query_args(query: DeviceQuery, **changes) -> dict:
+    """The URL arguments that ask for this query again (for sort links, paging and "send to all")."""
+    found = {"q": query.text or "", "filter": query.filter.text if query.filter else "", "group": query.group or "",
+             "state": query.state, "sort": query.sort, "dir": "desc" if query.descending else "asc"}
+    found.update(changes)
+    return {key: value for key, value in found.items() if value not in ("", None)}
 
 
 def encode_after(after: tuple[str, str]) -> str:
@@ -123,17 +136,32 @@ def decode_after(text: str | None) -> tuple[str, str] | None:
 @blueprint.get(PREFIX + "/devices")
 @requires("viewer")
 async def devices_page():
-    query = device_query(request.args)
-    page = await runtime().store.read(search, query)
-    return await render("devices.html", query=query, page=page, sorts=SORTS, states=STATES,
-                        next_after=encode_after(page.next_after) if page.next_after else None)
+    rt = runtime()
+    shown = {"groups": await rt.store.read(groups.list_groups), "filter_text": request.args.get("filter", "").strip(),
+             "sorts": SORTS, "states": STATES, "query_args": query_args}
+    try:
+        query = device_query(request.args)
+    except device_filter.FilterError as exc:
+        # Shown in the page with the filter kept in its field to correct: a refusal, never a 5xx.
+        return await render("devices.html", status=400, query=device_query(request.args, with_filter=False),
+                            page=None, error=f"The filter cannot be used: {exc.reason} (at character {exc.position}).",
+                            error_position=exc.position, **shown)
+    if query.group is not None:
+        named = [g["name"] for g in shown["groups"] if g["name"].casefold() == query.group.casefold()]
+        if not named:
+            return await render("devices.html", status=404, query=query, page=None,
+                                error=f"No group named “{query.group}”.", **shown)
+        query = replace(query, group=named[0])
+    page = await rt.store.read(search, query)
+    return await render("devices.html", query=query, page=page, error=None,
+                        next_after=encode_after(page.next_after) if page.next_after else None, **shown)
 
 
 @blueprint.get(PREFIX + "/devices/<device_id>")
 @requires("viewer")
 async def device_page(device_id: str):
     def read(conn):
-        found = fleet.device(conn, device_id)
+        found = fleet.device(conn, device_id)  # facts, groups, inventory and its dated changes: as the API's
         if found is None:
             return None
         pending = {e["id"]: queue_store.pending(conn, e["id"], limit=200) for e in found["enrollments"]}
@@ -142,15 +170,20 @@ async def device_page(device_id: str):
             if not row["pending"]:
                 stored = queue_store.result(conn, row["enrollment_id"], row["command_uuid"])
                 row["raw"] = stored["raw"] if stored else None
-        return found, pending, history
+        declarative = [ddm.enrollment_overview(conn, e["id"]) for e in found["enrollments"]]
+        return found, pending, history, declarative
 
-    got = await runtime().store.read(read)
+    rt = runtime()
+    got = await rt.store.read(read)
     if got is None:
         return await page_error(404, f"No device with id {device_id}.")
-    found, pending, history = got
+    found, pending, history, declarative = got
     for row in history:
         row["view"] = results.view(row.get("request_type"), row.get("raw"))
-    return await render("device.html", device=found, pending=pending, history=history,
+    # The bound identity with its renewal, described as GET /v1/devices/ID describes it.
+    identity = (await rt.renewals.describe([device_id])).get(device_id) if rt.renewals is not None else None
+    return await render("device.html", device=found, pending=pending, history=history, identity=identity,
+                        declarative=[d for d in declarative if d["declarations"] or d["sets"]],
                         identity_days=_days_left((found["identity_certificate"] or {}).get("not_after")))
 
 

@@ -602,6 +602,9 @@ def enrollment_overview(conn: sqlite3.Connection, enrollment_id: str) -> dict[st
             status = "invalid" if row["valid"] == "invalid" else ("applied" if row["active"] else "inactive")
         declarations.append({
             "identifier": item.identifier, "kind": item.kind, "server_token": item.server_token, "state": status,
+            # As the device last reported them (for any ServerToken): active true/false, valid/invalid/unknown.
+            "active": bool(row["active"]) if row is not None and row["active"] is not None else None,
+            "valid": row["valid"] if row is not None else None,
             "reasons": json.loads(row["reasons"]) if row is not None and row["reasons"] else [],
             "status_received": row["received_at"] if row is not None else None,
         })

@@ -179,3 +179,30 @@ async def test_device_page_shows_groups_inventory_renewal_and_declarative_status
         assert "Error.ConfigurationCannotBeApplied" in rows["cfg.bad"]
     finally:
         server.stop()
+
+
+async def test_device_page_shows_what_apple_business_manager_says_of_it(nursery, tmp_path):
+    from tests.support.abm_support import abm_appliance, connect, start_sim, wait_for_state
+    from tests.support.dep_sim import DepSim
+
+    sim = DepSim()
+    main = sim.add_server("main")
+    serial = main.add_devices(2)[0]
+    main.modify(serial, description="Front desk Mac")
+    server = await abm_appliance(nursery, tmp_path, await start_sim(nursery, sim))
+    try:
+        await connect(server, sim, "main")
+        await wait_for_state(server, "main", lambda s: s["devices"].get("assigned") == 2)
+        await add_users(server, viewer="victor")
+        ids = await server.runtime.store.write(lambda conn: seed_devices(conn, 2))
+        await server.runtime.store.write(lambda conn: conn.execute(
+            "UPDATE devices SET serial_number = ? WHERE id = ?", (serial, ids[0])))
+        async with Console(server) as console:
+            await console.login("victor", PASSWORDS["viewer"])
+            enrolled = text_of((await console.get(f"/console/devices/{ids[0]}")).text)
+            other = await console.get(f"/console/devices/{ids[1]}")
+        assert "Apple Business Manager Status enrolled MDM server main" in enrolled
+        assert "Front desk Mac" in enrolled and "Profile assigned" in enrolled
+        assert other.status_code == 200 and 'id="abm"' not in other.text  # not in ABM: no such part
+    finally:
+        server.stop()

@@ -10,6 +10,7 @@ from dataclasses import replace
 from quart import g, redirect, request
 
 from appliance.logs import get_logger
+from appliance.store import abm as abm_store
 from appliance.store import accounts as account_store
 from appliance.store import audit, ddm, device_filter, fleet, groups, overview
 from appliance.store import queue as queue_store
@@ -171,6 +172,8 @@ async def device_page(device_id: str):
                 stored = queue_store.result(conn, row["enrollment_id"], row["command_uuid"])
                 row["raw"] = stored["raw"] if stored else None
         declarative = [ddm.enrollment_overview(conn, e["id"]) for e in found["enrollments"]]
+        # Joined by serial number, as GET /v1/devices/ID does: what ABM says of it, and its ADE setup.
+        found["abm"] = abm_store.abm_summary(conn, found["serial_number"])
         return found, pending, history, declarative
 
     rt = runtime()

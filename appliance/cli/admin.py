@@ -525,6 +525,28 @@ def clear_queue(config_path, as_json, enrollment_id) -> None:
         click.echo(f"{answer['cleared']} command(s) taken off {enrollment_id}'s queue")
 
 
+@main.command("cancel")
+@config_option
+@json_option
+@click.argument("command_uuid")
+@click.option("--enrollment", "enrollment_id", default=None, metavar="ID",
+              help="Only off this enrollment's queue [default: wherever it is still pending].")
+def cancel(config_path, as_json, command_uuid, enrollment_id) -> None:
+    """Take a command off the queues it is still pending on (answered ones stay in the history).
+
+    \b
+    mdm-appliance cancel 4D2C6A1E-0C3B-4C1F-9D7E-2F0A5B8C9D10
+    mdm-appliance cancel 4D2C6A1E-0C3B-4C1F-9D7E-2F0A5B8C9D10 --enrollment 0000FE00-1234ABCD5678EF90
+    """
+    path = (_path("devices", enrollment_id, "queue", command_uuid) if enrollment_id is not None
+            else _path("commands", command_uuid))
+    _, answer = _client(config_path).call("DELETE", path)
+    if as_json:
+        _print_json(answer)
+    else:
+        click.echo(f"{command_uuid} taken off {answer['cancelled']} queue(s)")
+
+
 STUCK_COLUMNS = [("device_id", "DEVICE"), ("enrollment_id", "ENROLLMENT"), ("request_type", "COMMAND"),
                  ("not_now_count", "NOTNOW"), ("not_now_at", "LAST NOTNOW"), ("queued_at", "QUEUED"),
                  ("expires_at", "EXPIRES"), ("command_uuid", "UUID")]

@@ -100,6 +100,13 @@ async def test_cli_reads_devices_and_commands(nursery, tmp_path):
     code, out, err = await cli(config, "command", command_uuid, "--plist", "--enrollment", ids[0])
     assert code == 0 and plistlib.loads(out.encode())["QueryResponses"] == {"OSVersion": "15.1"}
 
+    code, out, err = await cli(config, "cancel", install_uuid, "--enrollment", ids[2])
+    assert (code, out.strip()) == (0, f"{install_uuid} taken off 1 queue(s)"), err
+    assert await server.runtime.store.read(queue.pending, ids[2]) == []
+    code, out, err = await cli(config, "cancel", command_uuid, "--json")  # pending on ids[1] only now
+    assert code == 0 and json.loads(out)["cancelled"] == 1, err
+    assert await server.runtime.store.read(queue.pending, ids[1]) == []
+
     code, out, err = await cli(config, "clear-queue", ids[0])
     assert code == 0 and out.startswith("1 command(s) taken off")
     assert await server.runtime.store.read(queue.pending, ids[0]) == []
@@ -115,6 +122,8 @@ async def test_cli_failures_are_one_line_and_nonzero(nursery, tmp_path):
         (("push", ids[0]), "1 not pushed (HTTP 500)"),  # no push certificate: the push fails, and says so
         (("enqueue", ids[1], "--type", "ProfileList"), "1 not pushed (queued: they get it at their next check-in)"),
         (("clear-queue", "NOPE"), "no enrollment"),
+        (("cancel", "NO-SUCH-UUID"), "no command"),
+        (("cancel", "NO-SUCH-UUID", "--enrollment", ids[0]), "is not pending on"),
     ]
     for args, expected in cases:
         code, out, err = await cli(config, *args)

@@ -22,10 +22,13 @@ class FleetCollector:
         self.results: dict[str, int] = {}
         self.results_rowid = 0
 
-    def update(self, snapshot: dict) -> None:
-        for status, count in snapshot.pop("new_results").items():
+    def add_results(self, counts: dict[str, int], last_rowid: int) -> None:
+        """Results counted after `results_rowid` up to `last_rowid` (fleet.results_since)."""
+        for status, count in counts.items():
             self.results[status] = self.results.get(status, 0) + count
-        self.results_rowid = snapshot.pop("results_rowid")
+        self.results_rowid = last_rowid
+
+    def update(self, snapshot: dict) -> None:
         self.snapshot = snapshot
 
     def describe(self):

@@ -196,16 +196,17 @@ def snapshot(conn: sqlite3.Connection) -> dict:
     }
 
 
-def results_since(conn: sqlite3.Connection, after_rowid: int) -> tuple[dict[str, int], int]:
-    """Final results stored after rowid `after_rowid`, counted by status, and the last rowid seen.
+def results_since(conn: sqlite3.Connection, after_rowid: int, step: int) -> tuple[dict[str, int], int, bool]:
+    """Final results stored after rowid `after_rowid` and up to `step` rowids further, counted by status;
+    the last rowid counted and whether that was all there is.
 
-    Results are kept forever and only ever appended, so a scrape counts just the new ones instead of
-    scanning a table that grows with every command (500,000 rows for 5,000 devices x 100 commands)."""
-    counts, last = {}, after_rowid
-    for row in conn.execute(
-        "SELECT status, count(*) AS n, max(rowid) AS last FROM results WHERE rowid > ? GROUP BY status",
-        (after_rowid,),
-    ):
+    Results are only ever appended (retention deletes the oldest), so a scrape counts just the new ones
+    instead of the whole table; `step` bounds one job when there are many (the first scrape after a
+    start counts every stored result: 2 s of the store thread for 2 million in one job)."""
+    top = conn.execute("SELECT max(rowid) FROM results").fetchone()[0] or 0
+    upto = min(top, after_rowid + step)
+    counts = {}
+    for row in conn.execute("SELECT status, count(*) AS n FROM results WHERE rowid > ? AND rowid <= ? "
+                            "GROUP BY status", (after_rowid, upto)):
         counts[row["status"]] = row["n"]
-        last = max(last, row["last"])
-    return counts, last
+    return counts, max(after_rowid, upto), upto >= top

@@ -511,6 +511,37 @@ async def test_metrics_are_read_from_the_database_at_scrape_time(server):
     assert 'mdm_http_request_duration_seconds_bucket{endpoint="/v1/enqueue/<ids>"' in first
 
 
+async def test_metrics_count_every_stored_result_once_across_steps(server, monkeypatch):
+    """The first scrape after a start counts the results already stored, a step of rowids per store job
+    (appliance.web.metrics.RESULTS_STEP, 3 here): none missed at a step's edge, none counted twice."""
+    from appliance.web import metrics as metrics_route
+
+    monkeypatch.setattr(metrics_route, "RESULTS_STEP", 3)
+    ids = await seed(server, 1)
+
+    def store(conn, statuses: list[str], first: int) -> None:
+        conn.executemany(
+            "INSERT INTO results (enrollment_id, command_uuid, status, raw, received_at) VALUES (?, ?, ?, ?, ?)",
+            [(ids[0], f"CMD-{first + n}", status, b"<plist/>", "2026-01-01T00:00:00.000000Z")
+             for n, status in enumerate(statuses)])
+
+    await server.runtime.store.write(store, ["Acknowledged"] * 7 + ["Error"] * 3 + ["CommandFormatError"], 0)
+    async with server.api_client() as api:
+        first = (await api.get("/metrics")).text
+        await server.runtime.store.write(store, ["Error", "Acknowledged"], 11)
+        second = (await api.get("/metrics")).text
+    assert _metric_value(first, 'mdm_command_results_total{status="Acknowledged"}') == 7
+    assert _metric_value(first, 'mdm_command_results_total{status="Error"}') == 3
+    assert _metric_value(first, 'mdm_command_results_total{status="CommandFormatError"}') == 1
+    assert _metric_value(second, 'mdm_command_results_total{status="Acknowledged"}') == 8
+    assert _metric_value(second, 'mdm_command_results_total{status="Error"}') == 4
+
+
+def _metric_value(text: str, name: str) -> float:
+    (value,) = [line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")]
+    return float(value)
+
+
 async def _content_type(server) -> str:
     async with server.api_client() as api:
         return (await api.get("/metrics")).headers["content-type"]

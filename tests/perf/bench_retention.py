@@ -2,22 +2,32 @@
 what device round trips and device listings see while it runs, against `python -m appliance serve` in a
 child process.
 
-    PYTHONPATH=. /work/venv/bin/python tests/perf/bench_retention.py            # 5,000 devices, 365 days
-    PYTHONPATH=. /work/venv/bin/python tests/perf/bench_retention.py --devices 500 --days 120   # quick look
+    PYTHONPATH=. .venv/bin/python tests/perf/bench_retention.py --no-idle-pass   # 5,000 devices, 365 days
+    PYTHONPATH=. .venv/bin/python tests/perf/bench_retention.py --devices 500 --days 120   # quick look
 
 The history is written with plain SQL into a database the appliance created (as a fleet leaves it):
 N devices, each answering one DeviceInformation a day (its own command, ~1.2 KB answer: what the daily
 inventory's facts come from), one fleet-wide command a week (alternately InstallProfile, a ~0.4 KB
 acknowledgement, and ProfileList, a ~5 KB answer), a weekly DDM status report per device (the newest 10
 kept, as [ddm] status_reports_kept does), stray reports from 2 % of the devices; 10 % of the devices left
-the fleet half-way through the year. Rows arrive in time order, as they would.
+the fleet half-way through the year. The devices are iPads, iPhones and Macs on a spread of OS versions,
+with an inventory row, 30 installed apps and 4 profiles each (as tests/perf/bench_device_search.py seeds
+them), last seen within the last day (the leavers: half a year ago). Rows arrive in time order, as they
+would.
+
+Before any server runs, the write jobs the pass is made of are timed on that database inside transactions
+that are rolled back: deleting a batch of 500 results, of 500 unused command bodies, and one vacuum step.
 
 Then, with 50 simulated devices doing Idle -> command -> Acknowledged sessions over TLS (Mdm-Signature):
-1. the server with retention off ([retention] ages 0): round trips and device listings, no pruning;
+1. the server with retention off ([retention] ages 0): device searches with filters (alone, before any
+   device traffic), then round trips and device listings, no pruning;
 2. the server restarted with the default ages: its first retention pass starts at once; round trips and
-   listings are measured while it runs, and again once it has finished.
+   listings are measured while it runs, the same searches once it has finished (alone), then round trips
+   and listings again.
 Prints sizes (file + WAL, `db stats` rows), the pass's wall time and the server's CPU during it, round
-trip p50/p99 and listing p50/p99 in each phase, the load average, and the benchmark's own CPU.
+trip p50/p99 and listing p50/p99 in each phase, search p50/p99 per query before and after pruning, the
+load average, and the benchmark's own CPU. The simulated devices' own commands and results (--commands
+per device before each server run) stay in the database measured after the pass.
 """
 
 from __future__ import annotations
@@ -41,9 +51,10 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from appliance.store import queue  # noqa: E402
+from appliance.store import queue, retention, vacuum  # noqa: E402
 from appliance.store.db import connect_sync  # noqa: E402
 from appliance.store.timefmt import to_text  # noqa: E402
+from tests.perf.bench_device_search import APPS, MODELS, QUERIES  # noqa: E402
 from tests.perf.bench_mdm import Tally, device_loop, own_cpu_seconds, process_cpu_seconds  # noqa: E402
 from tests.support.device_sim import DeviceSim, TestCA, client_context  # noqa: E402
 from tests.support.fleet_seed import seed_devices  # noqa: E402
@@ -52,6 +63,9 @@ from tests.support.mdm_support import ServerProcess, command_body  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 OFF = {"results": 0, "stray_reports": 0, "inventory_history": 0, "ddm_status_history": 0}
+# The searches timed before and after pruning (labels and parameters from bench_device_search.py).
+SEARCHES = [QUERIES[0], QUERIES[1], QUERIES[2], QUERIES[3],
+            ('os_version < "17.5" and last_seen < 30d ago', {"filter": 'os_version < "17.5" and last_seen < 30d ago'})]
 
 
 def _answer(udid: str, uuid: str, request_type: str) -> bytes:
@@ -90,6 +104,9 @@ def seed_history(path: Path, devices: int, days: int, now: datetime) -> dict:
     conn.execute("COMMIT")
     retired = set(ids[: devices // 10])
     strays = ids[devices // 10: devices // 10 + max(1, devices // 50)]
+    conn.execute("BEGIN")
+    describe_fleet(conn, ids, retired, now, days, rng)
+    conn.execute("COMMIT")
     counts = {"results": 0, "commands": 0, "ddm_status_reports": 0, "stray_reports": 0}
     # One template per kind, its UUID swapped per row: the bytes are those plistlib made.
     di_uuid = "00000000-DAY0-4000-8000-000000000000"
@@ -159,6 +176,92 @@ def seed_history(path: Path, devices: int, days: int, now: datetime) -> dict:
     counts["seed_seconds"] = round(time.perf_counter() - started, 1)
     counts["seed_cpu_seconds"] = round(time.process_time() - cpu, 1)
     return counts
+
+
+def describe_fleet(conn, ids: list[str], retired: set[str], now: datetime, days: int, rng: random.Random) -> None:
+    """What device search looks at: model, OS, name, last seen, an inventory row, 30 apps, 4 profiles."""
+    devices, seen, inventory, apps, profiles = [], [], [], [], []
+    for n, device in enumerate(ids):
+        model_name, model, versions = MODELS[n % len(MODELS)]
+        place = rng.choice(["Lab", "Staff", "Library", "Office"])
+        devices.append((model, model_name, model, rng.choice(versions), f"{place} {model_name} {n}", device))
+        last = now - timedelta(days=days / 2 if device in retired else rng.uniform(0, 1))
+        seen.append((0 if device in retired else 1, to_text(last), device))
+        inventory.append((device, rng.choice([32.0, 64.0, 256.0, 512.0]), rng.uniform(1, 200), rng.random(),
+                          int(model_name != "iMac"), int(rng.random() > 0.1), to_text(last)))
+        apps += [(device, app, app.rsplit(".", 1)[-1], "1.0", "100") for app in rng.sample(APPS, 30)]
+        profiles += [(device, f"org.example.profile{p}", f"Profile {p}") for p in range(4)]
+    conn.executemany("UPDATE devices SET model = ?, model_name = ?, product_name = ?, os_version = ?, device_name = ?"
+                     " WHERE id = ?", devices)
+    conn.executemany("UPDATE enrollments SET active = ?, last_seen_at = ? WHERE id = ?", seen)
+    conn.executemany("INSERT INTO device_inventory (device_id, device_capacity, available_capacity, battery_level,"
+                     " supervised, passcode_present, inventory_at) VALUES (?, ?, ?, ?, ?, ?, ?)", inventory)
+    conn.executemany("INSERT INTO device_applications (device_id, identifier, name, short_version, version)"
+                     " VALUES (?, ?, ?, ?, ?)", apps)
+    conn.executemany("INSERT INTO device_profiles (device_id, identifier, display_name) VALUES (?, ?, ?)", profiles)
+
+
+def batch_seconds(db_path: Path, now: datetime, batches: int = 20) -> dict:
+    """How long the pass's write jobs take on this database, in one transaction that is rolled back (the
+    commit comes on top): `batches` deletions of BATCH results, then (once more results have gone, as in
+    the pass) of BATCH unused command bodies, and of VACUUM_STEP free pages. p50 and max in ms per kind."""
+    from appliance.service.retention import BATCH, VACUUM_STEP
+
+    cutoff = to_text(now - timedelta(days=90))
+    rule = next(rule for rule in retention.AGE_RULES if rule.table == "results")
+    conn = connect_sync(db_path)
+    figures = {}
+
+    def timed(kind: str, jobs) -> None:
+        times = []
+        for job in jobs:
+            started = time.perf_counter()
+            job()
+            times.append(time.perf_counter() - started)
+        figures[kind] = {"p50_ms": round(statistics.median(times) * 1000, 1), "max_ms": round(max(times) * 1000, 1),
+                         "jobs": len(times)}
+
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            timed(f"{BATCH} results", [lambda: retention.prune_older(conn, rule, cutoff, BATCH)] * batches)
+            for _ in range(batches * 3):
+                retention.prune_older(conn, rule, cutoff, BATCH)
+            found, after = [], None
+            while len(found) < batches:  # the read that finds them is not a write job: not timed
+                unused, after = retention.unused_commands(conn, cutoff, after, BATCH)
+                if unused:
+                    found.append(unused)
+                if after is None:
+                    break
+            timed(f"{BATCH} command bodies", [lambda chunk=chunk: retention.delete_commands(conn, chunk)
+                                              for chunk in found])
+            timed(f"vacuum step ({VACUUM_STEP} pages)", [lambda: vacuum.release(conn, VACUUM_STEP)] * batches)
+        finally:
+            conn.execute("ROLLBACK")
+    finally:
+        conn.close()
+    return figures
+
+
+def searches(base_url: str, ca_file: Path, rounds: int, label: str) -> dict:
+    """Device searches alone, one keep-alive client: p50/p99 of each query's page of 100, in ms."""
+    figures = {}
+    with httpx.Client(base_url=base_url, verify=str(ca_file), timeout=120,
+                      headers={"Authorization": f"Bearer {API_KEY}"}) as client:
+        for name, params in SEARCHES:
+            times, total = [], None
+            for _ in range(rounds):
+                started = time.perf_counter()
+                answer = client.get("/v1/devices", params={**params, "limit": "100"})
+                times.append(time.perf_counter() - started)
+                assert answer.status_code == 200, answer.text
+                total = answer.json()["total"]
+            q = statistics.quantiles(times, n=100)
+            figures[name] = {"p50_ms": round(q[49] * 1000, 1), "p99_ms": round(q[98] * 1000, 1), "matching": total}
+            print(f"[search {label}] {name}: {figures[name]}", flush=True)
+    figures["load"] = round(os.getloadavg()[0], 2)
+    return figures
 
 
 def count_seconds(db_path: Path) -> tuple[float, float]:
@@ -310,6 +413,9 @@ async def run(args) -> None:
               f"rows={ {k: v for k, v in before['rows'].items() if v} } counting every table (wall, cpu s): "
               f"{count_seconds(db_path)}", flush=True)
 
+        batches = batch_seconds(db_path, now)
+        print(f"write jobs of the pass, rolled back (ms): {batches}", flush=True)
+
         idle = await idle_pass(work, db_path, identity) if args.idle_pass else None
 
         # 1. Retention off: enroll the simulated devices, queue their commands, measure.
@@ -322,6 +428,7 @@ async def run(args) -> None:
             cert, key = ca.issue(udid)
             devices.append(DeviceSim(server.base_url, client_context(ca_file), cert, key, udid))
         try:
+            search_before = await trio.to_thread.run_sync(searches, server.base_url, ca_file, args.rounds, "before")
             async with trio.open_nursery() as nursery:
                 for device in devices:
                     nursery.start_soon(device.enroll)
@@ -356,7 +463,8 @@ async def run(args) -> None:
             released = metric(server.base_url, ca_file, "mdm_database_released_bytes_total")
             print(f"pass: {pass_seconds:.1f} s by the server's clock; from start to its end {pass_wall:.1f} s wall, "
                   f"server CPU {pass_cpu:.1f} s (device traffic of the measurement included); pruned {pruned}; "
-                  f"released {released / 1e6:.0f} MB")
+                  f"released {released / 1e6:.0f} MB", flush=True)
+            search_after = await trio.to_thread.run_sync(searches, server.base_url, ca_file, args.rounds, "after")
             after = await measure(server, devices, ca_file, args.seconds, "after pruning")
         finally:
             for device in devices:
@@ -369,7 +477,8 @@ async def run(args) -> None:
         summary = {"seeded": seeded, "before_bytes": before["file_bytes"] + before["wal_bytes"],
                    "after_bytes": final["file_bytes"] + final["wal_bytes"], "pass_seconds": pass_seconds,
                    "pass_wall_from_start": round(pass_wall, 1), "pass_server_cpu": round(pass_cpu, 1),
-                   "pruned": pruned, "cores": os.cpu_count(), "idle_pass": idle}
+                   "pruned": pruned, "cores": os.cpu_count(), "idle_pass": idle, "write_jobs_ms": batches,
+                   "search_before": search_before, "search_after": search_after}
         for phase in (baseline, during, after):
             summary[phase["label"]] = {key: value for key, value in phase.items()
                                        if key not in ("round_trip", "listings")}
@@ -384,9 +493,10 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=5000)
     parser.add_argument("--days", type=int, default=365)
     parser.add_argument("--sim-devices", type=int, default=50)
-    parser.add_argument("--commands", type=int, default=2000,
+    parser.add_argument("--commands", type=int, default=400,
                         help="commands queued to every simulated device before each server run")
     parser.add_argument("--seconds", type=float, default=30, help="each measurement's length")
+    parser.add_argument("--rounds", type=int, default=20, help="requests per search query, before and after")
     parser.add_argument("--pass-timeout", type=float, default=3600)
     parser.add_argument("--no-idle-pass", dest="idle_pass", action="store_false",
                         help="skip the pass on a copy of the database without device traffic")

@@ -496,7 +496,7 @@ def main() -> None:
     parser.add_argument("--commands", type=int, default=400,
                         help="commands queued to every simulated device before each server run")
     parser.add_argument("--seconds", type=float, default=30, help="each measurement's length")
-    parser.add_argument("--rounds", type=int, default=20, help="requests per search query, before and after")
+    parser.add_argument("--rounds", type=int, default=50, help="requests per search query, before and after")
     parser.add_argument("--pass-timeout", type=float, default=3600)
     parser.add_argument("--no-idle-pass", dest="idle_pass", action="store_false",
                         help="skip the pass on a copy of the database without device traffic")

@@ -27,7 +27,7 @@ from appliance.store.timefmt import now, to_text
 
 log = get_logger("retention")
 
-BATCH = 500  # rows per write job: a few milliseconds here (docs/PERFORMANCE.md)
+BATCH = 500  # rows per write job: 10-35 ms at a year of history for 5,000 devices (docs/PERFORMANCE.md)
 VACUUM_STEP = 256  # pages given back per write job (1 MiB at 4 KiB pages)
 COUNT_SECONDS = 300  # how often the table counts behind /metrics are refreshed between passes
 

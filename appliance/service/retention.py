@@ -2,8 +2,10 @@
 
 Every `interval` (and once at start) a pass deletes, for each kind with an age (0 keeps it forever), the
 rows older than that: results, command bodies no queue row or result names any more (once older than the
-results age), stray reports, inventory history, DDM status reports and errors. Then it gives the freed
-pages back to the file system (incremental vacuum) and counts the tables for /metrics.
+results age), stray reports, inventory history, DDM status reports and errors. After each deletion job
+it gives the pages that job freed back to the file system (incremental vacuum), so the free list stays
+short: each page given back costs a walk of the free list, so a long one makes every step slow (at 1.2
+million free pages, 0.9 s per 256; docs/PERFORMANCE.md). At the end it counts the tables for /metrics.
 
 Every deletion is one write job of at most BATCH rows, group-committed with device requests like any
 other write, and the worker then pauses as long as that job took: pruning gets at most about half of the
@@ -41,6 +43,7 @@ class Retention:
         self.config = runtime.config.retention
         self.stats: dict | None = None
         self.passes = 0
+        self.longest_free_list = 0  # the most free pages a vacuum step of the last pass started from
         self.pass_done = trio.Event()  # set and replaced after each pass
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -63,6 +66,7 @@ class Retention:
         moment = now()
         present = await self.runtime.store.read(retention.tables)
         pruned: Counter = Counter()
+        self.longest_free_list, self._released = 0, 0
         for rule in retention.AGE_RULES:
             age = getattr(self.config, rule.kind)
             if not age or rule.table not in present:
@@ -71,7 +75,8 @@ class Retention:
             pruned[rule.kind] += await self._older(rule, cutoff)
         if self.config.results:
             pruned["command_bodies"] += await self._commands(to_text(moment - timedelta(seconds=self.config.results)))
-        released = await self._release()
+        await self._release()  # what was free before this pass (a database from an older version, say)
+        released = await self._given_back()
         metrics = self.runtime.metrics
         pruned = +pruned  # the kinds that had something to prune
         for kind, count in pruned.items():
@@ -81,6 +86,7 @@ class Retention:
         metrics.retention_pass_seconds.set(seconds)
         if pruned or released:
             log.info("retention_pass", seconds=f"{seconds:.1f}", released_bytes=released,
+                     longest_free_list=self.longest_free_list,
                      **{kind: count for kind, count in sorted(pruned.items())})
         await self.count()
         self.passes += 1
@@ -96,6 +102,7 @@ class Retention:
             deleted = await store.write(retention.prune_older, rule, cutoff, BATCH)
             total += deleted
             await trio.sleep(time.monotonic() - took)  # the writer's other half is the devices'
+            await self._release()
             if deleted < BATCH:
                 break
         return total
@@ -108,27 +115,34 @@ class Retention:
                 took = time.monotonic()
                 total += await self.runtime.store.write(retention.delete_commands, unused)
                 await trio.sleep(time.monotonic() - took)
+                await self._release()
             if after is None:
                 return total
 
-    async def _release(self) -> int:
-        """Give free pages back, a step per write job; returns the bytes given back."""
-        page_size, free = await self.runtime.store.read(_pages)
-        total = 0
+    async def _release(self) -> None:
+        """Give the free pages back, a step of at most VACUUM_STEP pages per write job; writes only while
+        there are some."""
+        free = await self.runtime.store.read(_free_pages)
+        self.longest_free_list = max(self.longest_free_list, free)
         while free > 0:
             took = time.monotonic()
             pages = await self.runtime.store.write(vacuum.release, min(free, VACUUM_STEP))
             await trio.sleep(time.monotonic() - took)
             if not pages:
                 break
-            total, free = total + pages, free - pages
-        released = total * page_size
+            self._released, free = self._released + pages, free - pages
+
+    async def _given_back(self) -> int:
+        """The bytes the pass gave back, counted for /metrics."""
+        if not self._released:
+            return 0
+        page_size = await self.runtime.store.read(_page_size)
+        released = self._released * page_size
         self.runtime.metrics.retention_released.inc(released)
-        if total:
-            # In WAL mode the file shrinks when the pages reach it: checkpoint now rather than at the next
-            # 1,000 pages. A checkpoint may not run inside a transaction, so it goes as a read job; PASSIVE
-            # never waits for readers.
-            await self.runtime.store.read(vacuum.checkpoint)
+        # In WAL mode the file shrinks when the pages reach it: checkpoint now rather than at the next
+        # 1,000 pages. A checkpoint may not run inside a transaction, so it goes as a read job; PASSIVE
+        # never waits for readers.
+        await self.runtime.store.read(vacuum.checkpoint)
         return released
 
     async def count(self) -> None:
@@ -156,10 +170,13 @@ class Retention:
             await trio.sleep(COUNT_SECONDS)
 
 
-def _pages(conn) -> tuple[int, int]:
-    """(page size, free pages there are to give back: none unless incremental vacuum is on)."""
-    free = vacuum.free_pages(conn) if vacuum.mode(conn) == "incremental" else 0
-    return conn.execute("PRAGMA page_size").fetchone()[0], free
+def _page_size(conn) -> int:
+    return conn.execute("PRAGMA page_size").fetchone()[0]
+
+
+def _free_pages(conn) -> int:
+    """The free pages there are to give back: none unless incremental vacuum is on."""
+    return vacuum.free_pages(conn) if vacuum.mode(conn) == "incremental" else 0
 
 
 async def run_retention(runtime, *, task_status=trio.TASK_STATUS_IGNORED) -> None:

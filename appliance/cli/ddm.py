@@ -324,11 +324,13 @@ def summary_line(entry: dict) -> str:
 @json_option
 @click.argument("enrollment_id", required=False)
 @click.option("--declaration", help="Only this declaration (fleet-wide).")
-def status(config_path, as_json, enrollment_id, declaration) -> None:
+@click.option("--group", "group_name", help="Only the enrollments of this group's devices (fleet-wide).")
+def status(config_path, as_json, enrollment_id, declaration, group_name) -> None:
     """Fleet-wide status per declaration, or one enrollment's declarations and their state.
 
     \b
     mdm-appliance ddm status                     # os-update-17.6: 412 applied, 3 invalid (...), 20 not yet reported
+    mdm-appliance ddm status --group lab-macs    # the same, counting only that group's devices
     mdm-appliance ddm status UDID                # that enrollment's sets, tokens and declarations
     """
     client = _client(config_path)
@@ -347,7 +349,7 @@ def status(config_path, as_json, enrollment_id, declaration) -> None:
         _table(rows, [("identifier", "IDENTIFIER"), ("kind", "KIND"), ("state", "STATE"),
                       ("reasons", "REASONS"), ("status_received", "REPORTED")])
         return
-    _, answer = client.call("GET", _path("status-summary", declaration=declaration))
+    _, answer = client.call("GET", _path("status-summary", declaration=declaration, group=group_name))
     if as_json:
         _print_json(answer["declarations"])
         return

@@ -436,8 +436,16 @@ class DdmService:
         return await self._write(txn)
 
     # status ---------------------------------------------------------------------------------------
-    async def summary(self, identifier: str | None = None) -> list[dict[str, Any]]:
-        return await self.runtime.store.read(store.status_summary, identifier)
+    async def summary(self, identifier: str | None = None, group: str | None = None) -> list[dict[str, Any]]:
+        """Fleet-wide status per declaration; with `group`, of that group's devices only (NotFound: no group)."""
+
+        def read(conn):
+            found = groups.get(conn, group) if group is not None else None
+            if group is not None and found is None:
+                raise NotFound(f"no group named {group!r}")
+            return store.status_summary(conn, identifier, found["name"] if found else None)
+
+        return await self.runtime.store.read(read)
 
     async def overview(self, enrollment_id: str) -> dict[str, Any]:
         return await self.runtime.store.read(store.enrollment_overview, enrollment_id)

@@ -541,7 +541,7 @@ targets(identifier, enrollment_id) AS (
     SELECT DISTINCT reach.root, a.enrollment_id FROM reach
         JOIN ddm_set_declarations AS sd ON sd.identifier = reach.identifier
         JOIN ddm_assignments AS a ON a.set_name = sd.set_name
-        JOIN enrollments AS e ON e.id = a.enrollment_id AND e.active = 1
+        JOIN enrollments AS e ON e.id = a.enrollment_id AND e.active = 1 {in_group}
 )
 """
 # Each targeted (enrollment, declaration) is in exactly one state.
@@ -551,12 +551,15 @@ _STATE = """CASE WHEN s.identifier IS NULL THEN 'not_reported'
 STATES = ("applied", "invalid", "inactive", "pending", "not_reported")
 
 
-def status_summary(conn: sqlite3.Connection, identifier: str | None = None) -> list[dict[str, Any]]:
-    """Per operator declaration: how many active enrollments it reaches, and how many of those have it
-    applied, invalid (with the reasons' codes counted), inactive, pending (an older ServerToken, or not yet
-    judged) or have not reported it at all."""
+def status_summary(conn: sqlite3.Connection, identifier: str | None = None,
+                   group: str | None = None) -> list[dict[str, Any]]:
+    """Per operator declaration: how many active enrollments it reaches (of a group's members' devices, with
+    `group`), and how many of those have it applied, invalid (with the reasons' codes counted), inactive,
+    pending (an older ServerToken, or not yet judged) or have not reported it at all."""
     only = "AND identifier = :identifier" if identifier is not None else ""
-    query = _TARGETS.format(only=only) + f"""
+    in_group = ("AND e.device_id IN (SELECT device_id FROM group_members WHERE group_name = :group)"
+                if group is not None else "")
+    query = _TARGETS.format(only=only, in_group=in_group) + f"""
         SELECT t.identifier, d.type, {_STATE} AS state, s.reasons, count(*) AS n FROM targets AS t
         JOIN ddm_declarations AS d ON d.identifier = t.identifier
         LEFT JOIN ddm_status AS s ON s.enrollment_id = t.enrollment_id AND s.identifier = t.identifier
@@ -567,7 +570,7 @@ def status_summary(conn: sqlite3.Connection, identifier: str | None = None) -> l
     for row in declared:
         summary[row[0]] = {"identifier": row[0], "type": row[1], "enrollments": 0, **dict.fromkeys(STATES, 0),
                            "reasons": {}}
-    for row in conn.execute(query, {"identifier": identifier}):
+    for row in conn.execute(query, {"identifier": identifier, "group": group}):
         entry = summary[row["identifier"]]
         entry[row["state"]] += row["n"]
         entry["enrollments"] += row["n"]

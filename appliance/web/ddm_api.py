@@ -268,8 +268,8 @@ async def notify():
 @blueprint.get(f"{PREFIX}/status-summary")
 @require_api_key
 async def status_summary():
-    identifier = request.args.get("declaration") or None
-    return jsonify({"declarations": await _service().summary(identifier)})
+    identifier, group = request.args.get("declaration") or None, request.args.get("group") or None
+    return jsonify({"declarations": await _call(_service().summary(identifier, group))})
 
 
 @blueprint.get(f"{PREFIX}/enrollments/<enrollment_id>")

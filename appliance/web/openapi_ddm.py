@@ -250,9 +250,11 @@ PATHS: dict = {
     },
     f"{P}/status-summary": {
         "get": {"summary": "Fleet-wide: per declaration, how many enrollments have it applied, invalid, ...",
-                "parameters": [_query("declaration", {"type": "string"}, "Only this declaration.")],
+                "parameters": [_query("declaration", {"type": "string"}, "Only this declaration."),
+                               _query("group", {"type": "string"}, "Only the enrollments of this group's devices.")],
                 "responses": {"200": _json({"type": "object", "required": ["declarations"], "properties": {
-                    "declarations": {"type": "array", "items": _ref("DdmSummary")}}}, "The summary."), **_401}},
+                    "declarations": {"type": "array", "items": _ref("DdmSummary")}}}, "The summary."),
+                              **_NOT_FOUND, **_401}},
     },
     f"{P}/enrollments/{{enrollment_id}}": {
         "get": {"summary": "One enrollment's DDM state: its sets, tokens, and each declaration's state.",

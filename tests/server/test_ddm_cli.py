@@ -147,6 +147,10 @@ async def test_os_update_and_assignment_for_a_group_from_the_cli(ddm):
         await client.report_status()
     code, out, err = await cli(config, "status", "--declaration", "os-update-17.6")
     assert out.strip() == "os-update-17.6: 1 applied, 0 not yet reported (of 1)"
+    code, out, err = await cli(config, "status", "--declaration", "os-update-17.6", "--group", "lab-macs")
+    assert out.strip() == "os-update-17.6: 1 applied, 0 not yet reported (of 1)", err
+    code, out, err = await cli(config, "status", "--group", "nope")
+    assert code == 1 and "no group named 'nope'" in err, (out, err)
 
     # A newer enforcement replaces the older one on the group.
     code, out, err = await cli(config, "os-update", "--group", "LAB-MACS", "--version", "17.7", "--deadline",

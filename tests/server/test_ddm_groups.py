@@ -83,6 +83,15 @@ async def test_a_static_groups_set_reaches_its_members_only_and_follows_membersh
         assert {"cfg.lab", "act.lab"} <= set(joined.fetched)
         [summary] = (await api.get(f"{API}/status-summary", params={"declaration": "cfg.lab"})).json()["declarations"]
         assert summary["enrollments"] == 2
+        # The same summary for one group's devices only (a group without sets of its own: nobody is told).
+        assert (await api.post("/v1/groups", json={"name": "front"})).status_code == 201
+        assert (await api.put(f"/v1/groups/front/members/{MEMBER}")).status_code == 200
+        for group, reached in (("FRONT", 1), ("lab", 2)):
+            answer = await api.get(f"{API}/status-summary", params={"declaration": "cfg.lab", "group": group})
+            assert answer.json()["declarations"][0]["enrollments"] == reached, (group, answer.text)
+        assert (await api.get(f"{API}/status-summary", params={"group": "nope"})).status_code == 404
+        assert (await api.delete("/v1/groups/front")).status_code == 200
+        await ddm.settled()
 
         # Leaving: one command, and the declarations are gone from its manifest.
         assert (await api.delete(f"/v1/groups/lab/members/{OUTSIDER}")).status_code == 200

@@ -15,13 +15,14 @@ The selection below must name the same request types as catalog.py's _OURS (a te
 
 from __future__ import annotations
 
-import argparse
 import pprint
-import subprocess
 import sys
 from pathlib import Path
 
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script or loaded by a test
+import schema_source  # noqa: E402
 
 # The commands a small organization uses, in the order the catalog lists them.
 SELECTION = (
@@ -110,25 +111,8 @@ def generate(schema_dir: Path, commit: str) -> str:
             + pprint.pformat(commands, width=110, sort_dicts=False, compact=True) + "\n")
 
 
-def _commit(schema_dir: Path) -> str:
-    try:
-        done = subprocess.run(["git", "-C", str(schema_dir), "rev-parse", "HEAD"], capture_output=True,
-                              text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return "an unknown commit"
-    return done.stdout.strip()
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("schema_dir", type=Path, help="a checkout of apple/device-management")
-    parser.add_argument("--commit", help="the schema's commit, when schema_dir is not a git checkout")
-    parser.add_argument("--out", type=Path, default=OUT, help=f"default: {OUT}")
-    args = parser.parse_args(argv)
-    text = generate(args.schema_dir, args.commit or _commit(args.schema_dir))
-    args.out.write_text(text, encoding="utf-8")
-    print(f"wrote {args.out} ({len(SELECTION)} commands)", file=sys.stderr)
-    return 0
+    return schema_source.main(argv, __doc__.split("\n\n")[0], OUT, generate, summary=f" ({len(SELECTION)} commands)")
 
 
 if __name__ == "__main__":

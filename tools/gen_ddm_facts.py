@@ -13,13 +13,14 @@ Refresh (PyYAML is needed here only, never at run time):
 
 from __future__ import annotations
 
-import argparse
 import pprint
-import subprocess
 import sys
 from pathlib import Path
 
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script or loaded by a test
+import schema_source  # noqa: E402
 
 PLATFORMS = ("iOS", "macOS", "tvOS", "visionOS", "watchOS")
 KINDS = ("activation", "configuration", "asset", "management")
@@ -98,25 +99,8 @@ def generate(schema_dir: Path, commit: str) -> str:
             + "STATUS_ITEMS = " + pprint.pformat(tuple(sorted(status_items)), width=110, compact=True) + "\n")
 
 
-def _commit(schema_dir: Path) -> str:
-    try:
-        done = subprocess.run(["git", "-C", str(schema_dir), "rev-parse", "HEAD"], capture_output=True,
-                              text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return "an unknown commit"
-    return done.stdout.strip()
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("schema_dir", type=Path, help="a checkout of apple/device-management")
-    parser.add_argument("--commit", help="the schema's commit, when schema_dir is not a git checkout")
-    parser.add_argument("--out", type=Path, default=OUT, help=f"default: {OUT}")
-    args = parser.parse_args(argv)
-    text = generate(args.schema_dir, args.commit or _commit(args.schema_dir))
-    args.out.write_text(text, encoding="utf-8")
-    print(f"wrote {args.out}", file=sys.stderr)
-    return 0
+    return schema_source.main(argv, __doc__.split("\n\n")[0], OUT, generate)
 
 
 if __name__ == "__main__":

@@ -158,6 +158,9 @@ def test_the_generator_reads_facts_and_leaves_apples_prose(tmp_path):
             """))
     text = generator.generate(tmp_path, "0123abc")
     assert "must not copy" not in text and "0123abc" in text
+    out = tmp_path / "catalog_data.py"  # the command line writes what generate() gives
+    assert generator.main([str(tmp_path), "--commit", "0123abc", "--out", str(out)]) == 0
+    assert out.read_text() == text
     namespace: dict = {}
     exec(compile(text, "catalog_data", "exec"), namespace)  # noqa: S102 (our generator's output)
     facts = namespace["COMMANDS"]["EraseDevice"]

@@ -95,12 +95,18 @@ def _where(query: DeviceQuery) -> tuple[list[str], list]:
 _FROM = device_filter.SOURCE
 
 
-def search(conn: sqlite3.Connection, query: DeviceQuery) -> DevicePage:
+def count(conn: sqlite3.Connection, query: DeviceQuery) -> int:
+    """How many devices the query matches, on all pages."""
     prepare(conn)
+    clauses, args = _where(query)
+    return conn.execute(f"SELECT count(*) {_FROM}" + (" WHERE " + " AND ".join(clauses) if clauses else ""),
+                        args).fetchone()[0]
+
+
+def search(conn: sqlite3.Connection, query: DeviceQuery) -> DevicePage:
+    total = count(conn, query)
     key = SORTS[query.sort]
     clauses, args = _where(query)
-    total = conn.execute(f"SELECT count(*) {_FROM}" + (" WHERE " + " AND ".join(clauses) if clauses else ""),
-                         args).fetchone()[0]
     order = "DESC" if query.descending else "ASC"
     if query.after is not None:
         clauses.append(f"({key}, d.id) {'<' if query.descending else '>'} (?, ?)")

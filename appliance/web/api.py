@@ -125,20 +125,23 @@ async def list_devices():
     with_abm = (query.filter is None and query.group is None and sort == "id" and order == "asc"
                 and query.udid is None and active is not True)
 
-    def read(conn) -> tuple[list[dict], int, str | list | dict | None]:
-        devices, total, next_cursor = [], 0, None
+    def read(conn) -> tuple[list[dict], int, list | dict | None]:
         if abm_after is None:
             page = device_search.search(conn, query)
             devices, total = page.devices, page.total
-            next_cursor = list(page.next_after) if page.next_after else None
-        if with_abm and next_cursor is None and len(devices) < query.limit:
-            rows = abm_store.unenrolled_devices(conn, text=text, serial=query.serial, after=abm_after,
-                                                limit=query.limit + 1 - len(devices))
+            next_cursor: list | dict | None = list(page.next_after) if page.next_after else None
+        else:
+            devices, total, next_cursor = [], device_search.count(conn, query), None
+        if not with_abm:
+            return devices, total, next_cursor
+        total += abm_store.count_unenrolled(conn, text=text, serial=query.serial)
+        if next_cursor is None:  # the enrolled devices are done: fill the page with the ABM ones
             room = query.limit - len(devices)
+            rows = abm_store.unenrolled_devices(conn, text=text, serial=query.serial, after=abm_after,
+                                                limit=room + 1)
             devices += rows[:room]
-            total += abm_store.count_unenrolled(conn, text=text, serial=query.serial)
-            if len(rows) > room:
-                next_cursor = {"abm": devices[-1]["serial_number"]}
+            if len(rows) > room:  # "" when the enrolled devices filled this page: the ABM part from its start
+                next_cursor = {"abm": rows[room - 1]["serial_number"] if room else ""}
         return devices, total, next_cursor
 
     devices, total, next_cursor = await runtime().store.read(read)

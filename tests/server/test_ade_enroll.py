@@ -206,7 +206,9 @@ async def test_inventory_and_groups_apply_from_an_ade_devices_first_check_in(tmp
     enrollment reaches it too, its answer fills the record, and a dynamic group takes the device in."""
     chain = DeviceChain(tmp_path)
     sim = DepSim()
-    sim.add_server("main").add(SERIAL, model="MacBook Pro", os="OSX", family="Mac")
+    main = sim.add_server("main")
+    main.add(SERIAL, model="MacBook Pro", os="OSX", family="Mac")
+    main.add("C02ADE000009", model="MacBook Air", os="OSX", family="Mac")  # assigned, never enrolls here
     server = await ade_appliance(nursery, tmp_path, sim, inventory={"commands": ["DeviceInformation"]}, ade={
         "await_device_configured": True, "device_ca_files": [str(chain.root_pem_path)],
         "setup_commands": [{"command": {"RequestType": "Settings", "Settings": [
@@ -235,4 +237,10 @@ async def test_inventory_and_groups_apply_from_an_ade_devices_first_check_in(tmp
         assert record["abm"]["ade"]["setup_state"] == "configured"
         members = (await api.get("/v1/devices", params={"group": "macbooks"})).json()["devices"]
         assert [d["id"] for d in members] == [udid]
+        # One enrolled device fills a page of one; the device ABM assigned that has not enrolled comes next.
+        first = (await api.get("/v1/devices", params={"limit": 1})).json()
+        assert [d["id"] for d in first["devices"]] == [udid] and first["total"] == 2 and first["next_cursor"]
+        rest = (await api.get("/v1/devices", params={"limit": 1, "cursor": first["next_cursor"]})).json()
+        assert [(d["id"], d["serial_number"]) for d in rest["devices"]] == [(None, "C02ADE000009")]
+        assert rest["total"] == 2 and rest["next_cursor"] is None
     server.stop()
